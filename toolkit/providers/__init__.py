@@ -1,0 +1,1 @@
+"""Embedding providers: one small interface (base.Embedder), one module per provider."""

@@ -1,0 +1,73 @@
+"""The one interface every embedding provider implements.
+
+Callers (backfill, verify, embed-query) only ever see this module's types: a ModelRef names
+a model, make_embedder() builds an Embedder for it, and an Embedder turns texts into
+L2-normalized float32 vectors of the planned dimension, in input order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from toolkit.errors import BadInput
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """`provider:model`, e.g. `gemini:gemini-embedding-001` or `ollama:nomic-embed-text`."""
+
+    provider: str
+    model: str
+
+    @classmethod
+    def parse(cls, spec: str) -> "ModelRef":
+        provider, sep, model = spec.partition(":")
+        if not sep or not provider or not model:
+            raise BadInput(f"model {spec!r} must be written PROVIDER:MODEL, e.g. gemini:gemini-embedding-001")
+        return cls(provider.strip().lower(), model.strip())
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+
+@dataclass(frozen=True)
+class ProviderLimits:
+    max_texts_per_request: int
+    max_input_tokens: int
+    native_dimensions: int
+    supported_dimensions: tuple[int, int]  # inclusive range accepted for output_dimensionality
+
+
+@dataclass
+class EmbedBatch:
+    """Result of one embed call over n input texts.
+
+    `vectors[i]` is the vector of input `index[i]`; inputs not in `index` were not sent and
+    appear in `skipped` with a reason (empty text). `truncated` counts inputs cut to the
+    model's input limit; `retries` counts HTTP attempts beyond the first.
+    """
+
+    vectors: np.ndarray  # shape (len(index), dimensions), float32, unit norm
+    index: list[int]
+    skipped: dict[int, str] = field(default_factory=dict)
+    truncated: int = 0
+    retries: int = 0
+
+
+class Embedder(Protocol):
+    ref: ModelRef
+    dimensions: int
+    limits: ProviderLimits
+
+    def embed_documents(self, texts: Sequence[str], titles: Sequence[str | None] | None = None) -> EmbedBatch:
+        """Embed documents (Gemini: RETRIEVAL_DOCUMENT with title; Ollama: document prefix)."""
+        ...
+
+    def embed_queries(self, texts: Sequence[str]) -> EmbedBatch:
+        """Embed queries (Gemini: RETRIEVAL_QUERY; Ollama: query prefix)."""
+        ...
+
+    def close(self) -> None: ...
