@@ -1,0 +1,90 @@
+"""`reembed inspect`, `reembed plan`, `reembed plans`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from toolkit import catalog, render
+from toolkit.cli.common import cli, connected, dsn_option, echo_json, handle_errors, json_option
+from toolkit.phases.planning import PlanRequest, make_plan, planned_sql
+from toolkit.plan import DEFAULT_SOURCE, DEFAULT_TARGET
+from toolkit.state import list_plans
+
+
+@cli.command()
+@click.argument("table")
+@dsn_option
+@json_option
+@handle_errors
+def inspect(table: str, dsn: str | None, as_json: bool) -> None:
+    """Describe TABLE (`schema.table` or `table`): key, vector and text columns, vector indexes,
+    sizes, and what binds to the vector columns. Read-only."""
+    with connected(dsn, schema=False) as (_, conn):
+        info = catalog.inspect_table(conn, table)
+    echo_json(info.to_json()) if as_json else click.echo(render.inspect_report(info))
+
+
+def _split_columns(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str]:
+    return [c.strip() for c in value.split(",") if c.strip()] if value else []
+
+
+@cli.command()
+@click.argument("table")
+@click.option("--column", required=True, help="The vector column the application queries.")
+@click.option("--text", "text_columns", required=True, callback=_split_columns,
+              help="Text column(s) to embed, comma-separated; several are joined by a blank line.")
+@click.option("--title", "title_column", help="Column sent as the document title (Gemini RETRIEVAL_DOCUMENT).")
+@click.option("--to", "target", default=DEFAULT_TARGET, show_default=True, help="Target PROVIDER:MODEL.")
+@click.option("--from", "source", default=DEFAULT_SOURCE, show_default=True,
+              help="The model that filled the column, PROVIDER:MODEL.")
+@click.option("--dimensions", type=int, help="Target dimensions. Default: the column's.")
+@click.option("--name", help="Plan name. Default: TABLE-COLUMN-MODEL.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Plan file. Default: reembed-NAME.toml.")
+@click.option("--rpm", type=int, help="Provider quota in texts per minute, for the estimate (default: free tier, 100).")
+@click.option("--tpm", type=int, help="Provider quota in tokens per minute, for the estimate.")
+@click.option("--index", "index", metavar="METHOD:DISTANCE",
+              help="Index to build when the column has none, e.g. hnsw:cosine (or l2, ip).")
+@click.option("--sql", "show_sql", is_flag=True, help="Also print the exact SQL each phase will run.")
+@click.option("--offline", is_flag=True, help="Skip the preflight call to the target model.")
+@dsn_option
+@json_option
+@handle_errors
+def plan(table: str, column: str, text_columns: list[str], title_column: str | None, target: str, source: str,
+         dimensions: int | None, name: str | None, output: Path | None, rpm: int | None, tpm: int | None,
+         index: str | None, show_sql: bool, offline: bool, dsn: str | None, as_json: bool) -> None:
+    """Plan re-embedding TABLE's vector COLUMN with a new model. Validates everything against the
+    live table, writes a reviewable TOML plan file and registers the plan. Changes nothing in TABLE."""
+    request = PlanRequest(table=table, column=column, text_columns=text_columns, title_column=title_column,
+                          target=target, source=source, dimensions=dimensions, name=name, output=output,
+                          rpm=rpm, tpm=tpm, offline=offline, index=index)
+    with connected(dsn) as (_, conn):
+        result = make_plan(_, conn, request)
+        statements = planned_sql(conn, result.plan) if show_sql else {}
+    if as_json:
+        echo_json({"plan": result.plan.to_spec(), "file": str(result.path), "preflight": result.preflight,
+                   **({"sql": statements} if show_sql else {})})
+        return
+    click.echo(render.plan_report(result.plan, str(result.path), result.preflight))
+    for phase, lines in statements.items():
+        click.echo(f"\n-- {phase}")
+        for line in lines:
+            click.echo(line.rstrip().rstrip(";") + ";")
+
+
+@cli.command("plans")
+@dsn_option
+@json_option
+@handle_errors
+def plans(dsn: str | None, as_json: bool) -> None:
+    """List the plans registered in this database with their phase."""
+    with connected(dsn) as (_, conn):
+        records = list_plans(conn)
+    rows = [{"name": r.name, "table": f"{r.table_schema}.{r.table_name}", "column": r.column_name,
+             "target": r.target_model, "phase": r.phase, "updated_at": r.updated_at} for r in records]
+    if as_json:
+        echo_json(rows)
+    else:
+        click.echo(render.table([list(r.values()) for r in rows], list(rows[0].keys())) if rows else "no plans")

@@ -1,0 +1,95 @@
+"""Where settings come from (flags, then environment) and how secrets are kept out of output."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg.conninfo
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+SECRET_ENV_VARS = ("GOOGLE_API_KEY", "GEMINI_API_KEY", "PGPASSWORD")
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a value that must never be printed, logged or stored."""
+    if value and len(value) >= 4:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def register_environment_secrets() -> None:
+    for name in SECRET_ENV_VARS:
+        register_secret(os.environ.get(name))
+
+
+def scrub(text: str) -> str:
+    """Replace every registered secret in text with a mask."""
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>postgres(?:ql)?(?:\+\w+)?://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
+_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact_dsn(dsn: str) -> str:
+    """A DSN fit for printing: the password replaced by ***, in URL or key=value form."""
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        if parts.password is not None:
+            user = parts.username or ""
+            host = parts.hostname or ""
+            if parts.port:
+                host = f"{host}:{parts.port}"
+            parts = parts._replace(netloc=f"{user}:***@{host}")
+        query = _KV_PASSWORD.sub(r"\1***", parts.query.replace("&", " ")).replace(" ", "&") if parts.query else ""
+        return urlunsplit(parts._replace(query=query))
+    return _KV_PASSWORD.sub(r"\1***", dsn)
+
+
+def dsn_password(dsn: str) -> str | None:
+    try:
+        return psycopg.conninfo.conninfo_to_dict(dsn).get("password")  # type: ignore[return-value]
+    except psycopg.ProgrammingError:
+        match = _URL_PASSWORD.search(dsn)
+        return match.group("pw") if match else None
+
+
+def resolve_dsn(flag_value: str | None) -> str | None:
+    """--dsn wins over DATABASE_URL; None means: use the embedded PostgreSQL."""
+    dsn = flag_value or os.environ.get("DATABASE_URL") or None
+    if dsn:
+        register_secret(dsn_password(dsn))
+    return dsn
+
+
+class SecretScrubbingFilter(logging.Filter):
+    """Scrubs registered secrets from every log record, whoever logged it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = scrub(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def configure_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(SecretScrubbingFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        # httpx logs every request URL at INFO; keep the terminal for our own messages.
+        logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -1,0 +1,375 @@
+"""The Plan: one migration of one column, validated against the live table, kept as TOML.
+
+The plan file is for review (commit it beside the application); the registered copy in
+`reembed.plans` is what commands act on. A file edited by hand that no longer matches the
+registry, or a table whose shape changed since planning, is refused with the difference named.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import tomli_w
+from psycopg import sql
+
+from toolkit import __version__, catalog
+from toolkit.errors import BadInput
+from toolkit.providers.base import ModelRef
+from toolkit.providers.models import RETIRED, model_info, model_tag
+from toolkit.state import PlanRecord, get_plan
+
+DEFAULT_TARGET = "gemini:gemini-embedding-001"
+DEFAULT_SOURCE = "ollama:nomic-embed-text"
+TEXT_JOINER = "\n\n"
+HNSW_MAX_DIMS = {"vector": 2000, "halfvec": 4000}
+PG_IDENTIFIER_MAX = 63
+_PLAN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+DOCUMENT_TASK = "RETRIEVAL_DOCUMENT"
+QUERY_TASK = "RETRIEVAL_QUERY"
+
+
+@dataclass
+class IndexSpec:
+    """The vector index to rebuild on the shadow column: same kind as the original's."""
+
+    method: str
+    opclass: str
+    options: dict[str, int]
+    predicate: str | None
+    original_name: str | None  # None when asked for with --index and the original column has none
+    shadow_name: str
+    old_name: str | None
+
+
+@dataclass
+class Estimate:
+    rows_total: int
+    rows_to_embed: int
+    rows_empty: int
+    http_requests: int
+    quota_requests: int
+    tokens: int
+    rpm: int
+    tpm: int
+    minutes_at_quota: float
+    cost_usd: float
+    shadow_column_bytes: int
+    shadow_index_bytes: int
+
+
+@dataclass
+class Plan:
+    name: str
+    table_schema: str
+    table_name: str
+    primary_key: list[str]
+    column: str
+    column_type: str
+    column_not_null: bool
+    shadow_column: str
+    old_column: str
+    text_columns: list[str]
+    title_column: str | None
+    source: str
+    target: str
+    dimensions: int
+    index: IndexSpec | None
+    table_fingerprint: str
+    estimate: Estimate | None = None
+    document_task: str = DOCUMENT_TASK
+    query_task: str = QUERY_TASK
+    text_joiner: str = TEXT_JOINER
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    reembed_version: str = __version__
+
+    # -- names, as SQL composables (never strings pasted into SQL) --------------------------
+    @property
+    def table(self) -> sql.Identifier:
+        return sql.Identifier(self.table_schema, self.table_name)
+
+    @property
+    def table_display(self) -> str:
+        return f"{self.table_schema}.{self.table_name}"
+
+    @property
+    def source_ref(self) -> ModelRef:
+        return ModelRef.parse(self.source)
+
+    @property
+    def target_ref(self) -> ModelRef:
+        return ModelRef.parse(self.target)
+
+    @property
+    def tracked_columns(self) -> list[str]:
+        """Columns whose change makes a row's vector stale."""
+        return self.text_columns + ([self.title_column] if self.title_column else [])
+
+    def text_expression(self, alias: str | None = None) -> sql.Composable:
+        """The text sent to the model: the column as stored, or several joined by a blank line."""
+        cols = [sql.Identifier(alias, c) if alias else sql.Identifier(c) for c in self.text_columns]
+        if len(cols) == 1:
+            return cols[0]
+        return sql.SQL("concat_ws({}, {})").format(sql.Literal(self.text_joiner), sql.SQL(", ").join(cols))
+
+    def title_expression(self, alias: str | None = None) -> sql.Composable:
+        if not self.title_column:
+            return sql.SQL("NULL::text")
+        return sql.Identifier(alias, self.title_column) if alias else sql.Identifier(self.title_column)
+
+    def text_hash_expression(self, alias: str | None = None) -> sql.Composable:
+        """md5 of exactly what is embedded (text and title); the write guard and freshness compare it."""
+        return sql.SQL("md5(row({}, {})::text)").format(self.text_expression(alias), self.title_expression(alias))
+
+    # -- serialization ------------------------------------------------------------------------
+    def to_spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "name": self.name,
+            "created_at": self.created_at,
+            "reembed_version": self.reembed_version,
+            "table": {"schema": self.table_schema, "name": self.table_name, "primary_key": self.primary_key,
+                      "fingerprint": self.table_fingerprint},
+            "column": {"name": self.column, "type": self.column_type, "not_null": self.column_not_null,
+                       "shadow": self.shadow_column, "old": self.old_column},
+            "text": {"columns": self.text_columns, "joiner": self.text_joiner},
+            "source": {"model": self.source},
+            "target": {"model": self.target, "dimensions": self.dimensions, "document_task": self.document_task,
+                       "query_task": self.query_task},
+        }
+        if self.title_column:
+            spec["text"]["title"] = self.title_column
+        if self.index:
+            spec["index"] = {k: v for k, v in asdict(self.index).items() if v is not None}
+        if self.estimate:
+            spec["estimate"] = asdict(self.estimate)
+        return spec
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "Plan":
+        try:
+            index = spec.get("index")
+            estimate = spec.get("estimate")
+            return cls(
+                name=spec["name"],
+                table_schema=spec["table"]["schema"], table_name=spec["table"]["name"],
+                primary_key=list(spec["table"]["primary_key"]), table_fingerprint=spec["table"]["fingerprint"],
+                column=spec["column"]["name"], column_type=spec["column"]["type"],
+                column_not_null=bool(spec["column"]["not_null"]),
+                shadow_column=spec["column"]["shadow"], old_column=spec["column"]["old"],
+                text_columns=list(spec["text"]["columns"]), title_column=spec["text"].get("title"),
+                text_joiner=spec["text"].get("joiner", TEXT_JOINER),
+                source=spec["source"]["model"], target=spec["target"]["model"],
+                dimensions=int(spec["target"]["dimensions"]),
+                document_task=spec["target"].get("document_task", DOCUMENT_TASK),
+                query_task=spec["target"].get("query_task", QUERY_TASK),
+                index=IndexSpec(**{"predicate": None, "original_name": None, "old_name": None, **index})
+                if index else None,
+                estimate=Estimate(**estimate) if estimate else None,
+                created_at=spec.get("created_at", ""), reembed_version=spec.get("reembed_version", ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadInput(f"plan is malformed: {type(exc).__name__} {exc}") from None
+
+    def to_toml(self) -> str:
+        header = (f"# reembed plan {self.name!r}: re-embed {self.table_display}.{self.column} "
+                  f"from {self.source} to {self.target} ({self.dimensions} dims).\n"
+                  "# Review it and commit it beside your application; `reembed run` acts on the registered copy.\n")
+        return header + tomli_w.dumps(self.to_spec())
+
+    def write(self, path: Path) -> None:
+        path.write_text(self.to_toml())
+
+
+def read_plan_file(path: Path) -> Plan:
+    try:
+        return Plan.from_spec(tomllib.loads(path.read_text()))
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"plan file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise BadInput(f"cannot read plan file {path}: {exc.strerror}") from None
+
+
+def load(conn: psycopg.Connection, plan_ref: str) -> tuple[Plan, PlanRecord]:
+    """The registered plan named by `plan_ref` (a name or a plan file), checked against the table.
+
+    A plan file must say exactly what the registry says; a table whose key or columns changed
+    since planning is refused, naming the difference.
+    """
+    path = Path(plan_ref)
+    file_plan = read_plan_file(path) if plan_ref.endswith(".toml") or path.is_file() else None
+    record = get_plan(conn, file_plan.name if file_plan else plan_ref)
+    plan = Plan.from_spec(record.spec)
+    if file_plan is not None:
+        differences = _differences(plan.to_spec(), file_plan.to_spec())
+        if differences:
+            raise BadInput(f"plan file {path} differs from the registered plan {plan.name!r}: {'; '.join(differences)}")
+    check_table_unchanged(conn, plan)
+    return plan, record
+
+
+def check_table_unchanged(conn: psycopg.Connection, plan: Plan) -> None:
+    """Refuse when the table's key or planned columns no longer look as they did at planning."""
+    from toolkit.state import FINAL_PHASES  # noqa: F401  (phases after cutover rename columns on purpose)
+
+    try:
+        info = catalog.load_table(conn, *_oid_of(conn, plan))
+    except BadInput:
+        raise BadInput(f"table {plan.table_display} of plan {plan.name!r} no longer exists") from None
+    expected = plan.table_fingerprint
+    columns = [plan.column] + plan.tracked_columns
+    if info.fingerprint(columns) != expected:
+        shape = info.shape(columns)
+        raise BadInput(f"table {plan.table_display} changed since plan {plan.name!r} was made: now "
+                       f"primary key {shape['primary_key']}, columns {shape['columns']}")
+
+
+def _oid_of(conn: psycopg.Connection, plan: Plan) -> tuple[int, str, str]:
+    row = conn.execute(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s", (plan.table_schema, plan.table_name)).fetchone()
+    if row is None:
+        raise BadInput(f"table {plan.table_display} does not exist")
+    return row[0], plan.table_schema, plan.table_name
+
+
+def _differences(registered: dict[str, Any], edited: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(registered) | set(edited)):
+        if key in ("estimate", "created_at"):
+            continue
+        a, b = registered.get(key), edited.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} is {b!r} in the file but {a!r} registered")
+    return out
+
+
+# -- building a plan from the live table ---------------------------------------------------------
+
+def _bounded_identifier(base: str, suffix: str) -> str:
+    """`base__suffix`, shortened with a stable hash when it would pass PostgreSQL's 63-byte limit."""
+    name = f"{base}__{suffix}"
+    if len(name.encode()) <= PG_IDENTIFIER_MAX:
+        return name
+    import hashlib
+
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    room = PG_IDENTIFIER_MAX - len(digest) - 1
+    return name.encode()[:room].decode(errors="ignore") + "_" + digest
+
+
+def parse_model(spec: str) -> ModelRef:
+    """PROVIDER:MODEL; a bare retired Gemini name still gets the message that names its successor."""
+    if ":" not in spec and f"gemini:{spec.strip()}" in RETIRED:
+        raise BadInput(RETIRED[f"gemini:{spec.strip()}"])
+    return ModelRef.parse(spec)
+
+
+def validate_plan_name(name: str) -> str:
+    if not _PLAN_NAME.match(name):
+        raise BadInput(f"plan name {name!r} must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    return name
+
+
+def build(conn: psycopg.Connection, *, table: str, column: str, text_columns: list[str], title_column: str | None,
+          target: str, source: str, dimensions: int | None, name: str | None,
+          index_request: str | None = None) -> tuple[Plan, catalog.TableInfo]:
+    """Validate every input against the live table and return the plan; changes nothing."""
+    target_ref, source_ref = parse_model(target), parse_model(source)
+    target_info = model_info(target_ref)
+    model_info(source_ref)
+    if target_ref == source_ref:
+        raise BadInput(f"--to and --from are the same model ({target_ref}): nothing to re-embed")
+    info = catalog.inspect_table(conn, table)
+    if not info.primary_key:
+        raise BadInput(f"table {info.qualified} has no primary key: reembed needs one to track rows")
+    col = info.column(column)
+    if col is None:
+        raise BadInput(f"column {column!r} does not exist in {info.qualified}")
+    if not col.is_vector:
+        raise BadInput(f"column {column!r} of {info.qualified} is {col.type}, not a vector column")
+    if not text_columns:
+        raise BadInput("--text needs at least one text column")
+    for text_col in text_columns + ([title_column] if title_column else []):
+        found = info.column(text_col)
+        if found is None:
+            raise BadInput(f"text column {text_col!r} does not exist in {info.qualified}")
+        if found.base_type not in catalog.TEXT_TYPES:
+            raise BadInput(f"column {text_col!r} of {info.qualified} is {found.type}, not a text column")
+    dims = _planned_dimensions(conn, info, col, dimensions)
+    low, high = target_info.limits.supported_dimensions
+    if not low <= dims <= high:
+        raise BadInput(f"{target_ref} produces {low} to {high} dimensions, not {dims}")
+    tag = model_tag(target_ref)
+    index = _index_spec(info, col, dims, index_request, tag, model_tag(source_ref))
+    shadow = _bounded_identifier(column, tag)
+    old = _bounded_identifier(column, "old_" + model_tag(source_ref))
+    for wanted in (shadow, old):
+        if info.column(wanted) is not None:
+            raise BadInput(f"column {wanted!r} already exists in {info.qualified}: drop it or plan another target")
+    plan_name = validate_plan_name(name or f"{info.name}-{column}-{tag}".replace(" ", "_"))
+    plan = Plan(
+        name=plan_name, table_schema=info.schema, table_name=info.name,
+        primary_key=[c.name for c in info.primary_key], column=column, column_type=col.type,
+        column_not_null=col.not_null, shadow_column=shadow, old_column=old, text_columns=text_columns,
+        title_column=title_column, source=str(source_ref), target=str(target_ref), dimensions=dims, index=index,
+        table_fingerprint=info.fingerprint([column] + text_columns + ([title_column] if title_column else [])),
+    )
+    return plan, info
+
+
+def _planned_dimensions(conn: psycopg.Connection, info: catalog.TableInfo, col: catalog.Column,
+                        requested: int | None) -> int:
+    if col.dimensions is not None:
+        if requested is not None and requested != col.dimensions:
+            raise BadInput(f"column {col.name!r} is {col.type} but --dimensions {requested} was asked: "
+                           f"the application's queries would break; use --dimensions {col.dimensions}")
+        return col.dimensions
+    if requested is not None:
+        if requested < 1:
+            raise BadInput(f"--dimensions must be positive, not {requested}")
+        return requested
+    row = conn.execute(sql.SQL("SELECT vector_dims({}) FROM {} WHERE {} IS NOT NULL LIMIT 1").format(
+        sql.Identifier(col.name), info.ident, sql.Identifier(col.name))).fetchone()
+    if row is None:
+        raise BadInput(f"column {col.name!r} is an unsized vector with no values: give --dimensions N")
+    return int(row[0])
+
+
+_INDEX_REQUEST = re.compile(r"^(hnsw|ivfflat):(cosine|l2|ip)$")
+_OPCLASS_BY_DISTANCE = {"cosine": "cosine_ops", "l2": "l2_ops", "ip": "ip_ops"}
+
+
+def _index_spec(info: catalog.TableInfo, col: catalog.Column, dims: int, request: str | None, tag: str,
+                source_tag: str) -> IndexSpec | None:
+    existing = [i for i in info.indexes_on(col.name) if i.valid]
+    shadow_type = "halfvec" if col.base_type == "halfvec" else "vector"
+    if request:
+        match = _INDEX_REQUEST.match(request)
+        if not match:
+            raise BadInput(f"--index {request!r} must be METHOD:DISTANCE, e.g. hnsw:cosine (methods hnsw, ivfflat; "
+                           "distances cosine, l2, ip)")
+        method, distance = match.groups()
+        spec = IndexSpec(method=method, opclass=f"{shadow_type}_{_OPCLASS_BY_DISTANCE[distance]}",
+                         options=dict(catalog.INDEX_DEFAULTS[method]), predicate=None, original_name=None,
+                         shadow_name=_bounded_identifier(f"{info.name}_{col.name}_idx", tag), old_name=None)
+    elif existing:
+        original = existing[0]
+        spec = IndexSpec(method=original.method, opclass=original.opclass, options=dict(original.options),
+                         predicate=original.predicate, original_name=original.name,
+                         shadow_name=_bounded_identifier(original.name, tag),
+                         old_name=_bounded_identifier(original.name, "old_" + source_tag))
+    else:
+        return None
+    limit = HNSW_MAX_DIMS.get(shadow_type, 2000)
+    if dims > limit:
+        raise BadInput(f"{spec.method} cannot index {shadow_type} above {limit} dimensions and {dims} were planned: "
+                       f"plan --dimensions {limit} or fewer")
+    return spec

@@ -1,0 +1,87 @@
+"""Human-readable reports. JSON output never goes through here."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from toolkit.catalog import TableInfo
+from toolkit.plan import Plan
+
+
+def size(n: int | float) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def inspect_report(info: TableInfo) -> str:
+    out = [f"table {info.qualified}: ~{info.rows_estimate} rows; heap {size(info.heap_bytes)}, "
+           f"TOAST {size(info.toast_bytes)}, indexes {size(info.index_bytes)}"]
+    pk = ", ".join(f"{c.name} {c.type}" for c in info.primary_key) or "NONE (reembed needs one)"
+    out.append(f"primary key: {pk}")
+    out.append("\nvector columns:")
+    if info.vector_columns:
+        out.append(table([(c.name, c.base_type, c.dimensions or "unsized", "NOT NULL" if c.not_null else "")
+                          for c in info.vector_columns], ["column", "type", "dims", "null"]))
+    else:
+        out.append("  none")
+    out.append("\ntext columns: " + (", ".join(f"{c.name} ({c.type})" for c in info.text_columns) or "none"))
+    out.append("\nvector indexes:")
+    if info.indexes:
+        out.append(table([(i.name, i.column or "(expression)", i.method, i.opclass,
+                           ", ".join(f"{k}={v}" for k, v in i.options.items()),
+                           "valid" if i.valid and i.ready else "INVALID", size(i.size_bytes))
+                          for i in info.indexes], ["index", "column", "method", "opclass", "options", "state", "size"]))
+    else:
+        out.append("  none")
+    out.append("\nbound to a vector column by number (cutover re-creates these):")
+    if info.dependents:
+        out.append(table([(d.kind, d.name, d.column) for d in info.dependents], ["kind", "name", "column"]))
+    else:
+        out.append("  none")
+    return "\n".join(out)
+
+
+def plan_report(plan: Plan, path: str, preflight: str) -> str:
+    e = plan.estimate
+    steps = [
+        f"plan {plan.name!r} written to {path} and registered",
+        f"  {plan.table_display}.{plan.column}: {plan.source} -> {plan.target}, {plan.dimensions} dims",
+        f"  text: {' + '.join(plan.text_columns)}" + (f", title: {plan.title_column}" if plan.title_column else ""),
+        f"  preflight: {preflight}",
+        "",
+        "what will happen:",
+        f"  1. prepare   add column {plan.shadow_column} vector({plan.dimensions}), tag it, track changes to "
+        f"{', '.join(plan.tracked_columns)}",
+        f"  2. run       embed every row with {plan.target} (RETRIEVAL_DOCUMENT) in checkpointed batches",
+        "  3. index     " + (f"build {plan.index.method} ({plan.index.opclass}, "
+                             + ", ".join(f"{k}={v}" for k, v in plan.index.options.items())
+                             + f") CONCURRENTLY as {plan.index.shadow_name}" if plan.index else "no vector index to rebuild"),
+        "  4. verify    coverage, freshness, sanity, index, recall, old-vs-new agreement",
+        f"  5. cutover   one short transaction: {plan.column} -> {plan.old_column}, {plan.shadow_column} -> {plan.column}",
+        f"  6. cleanup   drop {plan.old_column} (rollback possible until then)",
+    ]
+    if e:
+        steps += [
+            "",
+            "estimate:",
+            f"  rows to embed     {e.rows_to_embed} of {e.rows_total} ({e.rows_empty} empty, skipped)",
+            f"  API requests      {e.http_requests} HTTP requests; {e.quota_requests} against a per-text quota",
+            f"  tokens            ~{e.tokens}",
+            f"  time at quota     ~{e.minutes_at_quota} min at {e.rpm} texts/min, {e.tpm} tokens/min",
+            f"  cost at list      ~${e.cost_usd:.4f}",
+            f"  extra disk        ~{size(e.shadow_column_bytes)} shadow column"
+            + (f", ~{size(e.shadow_index_bytes)} index" if e.shadow_index_bytes else ""),
+        ]
+    return "\n".join(steps)
