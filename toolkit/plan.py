@@ -373,3 +373,28 @@ def _index_spec(info: catalog.TableInfo, col: catalog.Column, dims: int, request
         raise BadInput(f"{spec.method} cannot index {shadow_type} above {limit} dimensions and {dims} were planned: "
                        f"plan --dimensions {limit} or fewer")
     return spec
+
+
+@dataclass(frozen=True)
+class ColumnLayout:
+    """Which physical column holds which model's vectors in a given phase.
+
+    Before cutover (and after a rollback) the new vectors live in the shadow column; after
+    cutover they carry the original name and the old vectors sit in `<column>__old_<tag>`.
+    """
+
+    new: str
+    old: str
+    new_index: str | None
+    old_index: str | None
+
+
+def layout(plan: Plan, phase: str) -> ColumnLayout:
+    index = plan.index
+    if phase in ("cut_over", "cleaned_up"):
+        return ColumnLayout(new=plan.column, old=plan.old_column,
+                            new_index=(index.original_name or index.shadow_name) if index else None,
+                            old_index=index.old_name if index and index.original_name else None)
+    return ColumnLayout(new=plan.shadow_column, old=plan.column,
+                        new_index=index.shadow_name if index else None,
+                        old_index=index.original_name if index else None)
