@@ -1,0 +1,167 @@
+"""`reembed cutover`, `reembed rollback`, `reembed cleanup`, `reembed abandon`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from toolkit import render
+from toolkit.cli.common import cli, connected, dsn_option, echo_json, handle_errors, json_option
+from toolkit.phases.cleanup import abandon as abandon_plan
+from toolkit.phases.cleanup import cleanup as cleanup_plan
+from toolkit.phases.cutover import CutoverOptions
+from toolkit.phases.cutover import cutover as cutover_plan
+from toolkit.phases.locking import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_RETRIES
+from toolkit.phases.rollback import rollback as rollback_plan
+from toolkit.plan import load
+
+
+def _lock_options(func: Any) -> Any:
+    func = click.option("--retries", type=click.IntRange(0, 100), default=DEFAULT_RETRIES, show_default=True,
+                        metavar="N", help="Further tries after a lock timeout, each after a jittered, growing pause.")(func)
+    func = click.option("--lock-timeout", "lock_timeout", type=click.IntRange(1, 60_000),
+                        default=DEFAULT_LOCK_TIMEOUT_MS, show_default=True, metavar="MS",
+                        help="How long each try waits for the table's lock. Readers arriving meanwhile wait "
+                             "behind it at most this long.")(func)
+    return func
+
+
+def _retry_echo(attempt: int, waited_ms: float, pause_s: float) -> None:
+    click.echo(f"  lock not granted within {waited_ms:.0f} ms (try {attempt}); next try in {pause_s:.2f} s", err=True)
+
+
+def _recreated(recreated: dict[str, list[str]]) -> list[str]:
+    return [f"  re-created {kind.replace('_', ' ')}: {', '.join(names)}" for kind, names in recreated.items()]
+
+
+@cli.command()
+@click.argument("plan_ref", metavar="PLAN")
+@_lock_options
+@click.option("--force", is_flag=True, help="Cut over without a passing `reembed verify` (skips that gate only).")
+@click.option("--refresh-matviews", is_flag=True,
+              help="Re-create and fill materialized views on the column inside the swap (the lock is then held "
+                   "as long as their queries take). Without it, such views make cutover refuse.")
+@dsn_option
+@json_option
+@handle_errors
+def cutover(plan_ref: str, lock_timeout: int, retries: int, force: bool, refresh_matviews: bool, dsn: str | None,
+            as_json: bool) -> None:
+    """Swap PLAN's new vectors in under the column's own name, in one short transaction, so the
+    application's unchanged SQL (`ORDER BY embedding <=> $1`) reads them through the new index.
+
+    \b
+    Refuses (exit 1) unless the backfill is complete, the index is valid and the last verify
+    passed. Views, SQL-body functions, policies, triggers, CHECK constraints, statistics,
+    publication column lists, column grants, the comment and the statistics target follow
+    the column. NOT NULL carries over without a table scan. The old vectors stay as
+    <column>__old_<model> until `reembed cleanup`; `reembed rollback` swaps them back.
+    Prints how long the table's lock was held.
+    """
+    options = CutoverOptions(lock_timeout_ms=lock_timeout, retries=retries, force=force,
+                             refresh_matviews=refresh_matviews)
+    with connected(dsn) as (_, conn):
+        plan, record = load(conn, plan_ref)
+        result = cutover_plan(conn, plan, record, options, on_retry=None if as_json else _retry_echo)
+    if as_json:
+        echo_json(result.to_json())
+        return
+    if result.swap is None:
+        click.echo(f"plan {plan.name}: " + "; ".join(result.notes))
+        return
+    s = result.swap
+    click.echo(f"plan {plan.name}: cut over. {plan.column} now holds {plan.target} vectors; the {plan.source} "
+               f"vectors are in {plan.old_column}.")
+    click.echo(f"  lock held {s.lock_ms:.1f} ms (try {s.attempts} of {retries + 1})")
+    if result.check:
+        click.echo(f"  verify: {result.check.verify}")
+    for line in _recreated(s.recreated):
+        click.echo(line)
+    for note in result.notes:
+        click.echo(f"  {note}")
+    click.echo(f"  queries must now be embedded with {plan.target} (task {plan.query_task}); "
+               f"undo with `reembed rollback {plan.name}`, finish with `reembed cleanup {plan.name}`")
+
+
+@cli.command()
+@click.argument("plan_ref", metavar="PLAN")
+@_lock_options
+@click.option("--refresh-matviews", is_flag=True, help="As for cutover.")
+@dsn_option
+@json_option
+@handle_errors
+def rollback(plan_ref: str, lock_timeout: int, retries: int, refresh_matviews: bool, dsn: str | None,
+             as_json: bool) -> None:
+    """Swap PLAN's old vectors back under the column's name: the exact reverse of cutover, in one
+    short transaction. Possible until `reembed cleanup`.
+
+    \b
+    Lists rows written after cutover that have no old-model vector; `reembed run PLAN
+    --rollback-fill` embeds them with the source model. Run again after that fill to restore
+    NOT NULL when the column had it.
+    """
+    with connected(dsn) as (_, conn):
+        plan, record = load(conn, plan_ref)
+        result = rollback_plan(conn, plan, record, lock_timeout_ms=lock_timeout, retries=retries,
+                               refresh_matviews=refresh_matviews, on_retry=None if as_json else _retry_echo)
+    if as_json:
+        echo_json(result.to_json())
+        return
+    if result.swap is not None:
+        click.echo(f"plan {plan.name}: rolled back. {plan.column} holds {plan.source} vectors again; the "
+                   f"{plan.target} vectors are back in {plan.shadow_column}.")
+        click.echo(f"  lock held {result.swap.lock_ms:.1f} ms (try {result.swap.attempts} of {retries + 1})")
+        for line in _recreated(result.swap.recreated):
+            click.echo(line)
+    else:
+        click.echo(f"plan {plan.name}: rolled back already")
+    for note in result.notes:
+        if note != "already rolled back":
+            click.echo(f"  {note}")
+    if result.missing_keys:
+        more = result.missing_total - len(result.missing_keys)
+        click.echo("  rows without an old-model vector: " + ", ".join(result.missing_keys)
+                   + (f" and {more} more" if more > 0 else ""))
+
+
+def _drop_report(kind: str, plan_name: str, result: Any) -> None:
+    click.echo(f"plan {plan_name}: {kind}. Dropped column {result.column}"
+               + (f", index {result.index}" if result.index else "") + " and the change tracking.")
+    for note in result.notes:
+        click.echo(f"  {note}")
+
+
+@cli.command()
+@click.argument("plan_ref", metavar="PLAN")
+@_lock_options
+@dsn_option
+@json_option
+@handle_errors
+def cleanup(plan_ref: str, lock_timeout: int, retries: int, dsn: str | None, as_json: bool) -> None:
+    """Finish a cut-over PLAN: drop the old vectors' column and index and the change tracking.
+    Final: no rollback after this.
+
+    \b
+    Drops without CASCADE: anything still using the old column stops it, named. The old
+    column's space returns only when the table is rewritten (VACUUM FULL, or pg_repack
+    online); the report says how much.
+    """
+    with connected(dsn) as (_, conn):
+        plan, record = load(conn, plan_ref)
+        result = cleanup_plan(conn, plan, record, lock_timeout_ms=lock_timeout, retries=retries)
+    echo_json(result.to_json()) if as_json else _drop_report("cleaned up", plan.name, result)
+
+
+@cli.command()
+@click.argument("plan_ref", metavar="PLAN")
+@_lock_options
+@dsn_option
+@json_option
+@handle_errors
+def abandon(plan_ref: str, lock_timeout: int, retries: int, dsn: str | None, as_json: bool) -> None:
+    """Give up PLAN before cutover (or after a rollback): drop the new vectors' column and index
+    and the change tracking. The table is left as it was before the plan."""
+    with connected(dsn) as (_, conn):
+        plan, record = load(conn, plan_ref)
+        result = abandon_plan(conn, plan, record, lock_timeout_ms=lock_timeout, retries=retries)
+    echo_json(result.to_json()) if as_json else _drop_report("abandoned", plan.name, result)

@@ -1,0 +1,173 @@
+"""`reembed cutover`: swap the new vectors in under the application's column name.
+
+Check (refuses before touching anything): the backfill is complete (nothing pending, nothing
+stale, every row with text has a new vector), the new index is valid and ready, the last
+verify of the current state passed (`--force` skips only this), nothing binds to the column
+that cannot be re-pointed, materialized views only with `--refresh-matviews`.
+Action: one short transaction (see toolkit.phases.swap), retried on lock timeout with jitter.
+Inverse: `reembed rollback` (toolkit.phases.rollback).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import psycopg
+from psycopg import sql
+
+from toolkit.errors import GateFailed
+from toolkit.phases import dependents, swap
+from toolkit.phases.ddl import template
+from toolkit.phases.locking import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_RETRIES
+from toolkit.plan import Plan, layout
+from toolkit.state import PlanRecord
+
+CUTOVER_PHASES = ("indexed", "verified", "rolled_back")
+
+
+@dataclass
+class CutoverOptions:
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
+    retries: int = DEFAULT_RETRIES
+    force: bool = False  # skip the verify gate, and only it
+    refresh_matviews: bool = False
+
+
+@dataclass
+class BackfillState:
+    pending: int
+    stale: int
+    uncovered: int
+    without_vector: int
+
+
+@dataclass
+class CheckResult:
+    backfill: BackfillState
+    verify: str
+    dependents: dict[str, list[str]] = field(default_factory=dict)
+
+
+def exchange(plan: Plan) -> swap.Exchange:
+    index = plan.index
+    renames = []
+    if index is not None and index.original_name and index.old_name:
+        renames = [(index.original_name, index.old_name), (index.shadow_name, index.original_name)]
+    return swap.Exchange(direction="cutover", column=plan.column, incoming=plan.shadow_column, aside=plan.old_column,
+                         index_renames=renames, aside_comment=swap.aside_comment(plan, plan.source, "old vectors"),
+                         phase_after="cut_over")
+
+
+def planned_sql(plan: Plan) -> list[sql.Composable]:
+    return swap.statements(plan, exchange(plan))
+
+
+def backfill_state(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> BackfillState:
+    from toolkit.phases.prepare import key_json
+
+    new = layout(plan, record.phase).new
+    row = conn.execute(template(
+        "cutover_gate", plan_id=sql.Literal(record.id), hash=plan.text_hash_expression("t"),
+        has_text=sql.SQL("coalesce({} ~ '[^[:space:]]', false)").format(plan.text_expression("t")),
+        new=sql.Identifier("t", new), table=plan.table, ledger_key=key_json(plan, "t"))).fetchone()
+    assert row is not None
+    return BackfillState(*(int(v) for v in row))
+
+
+def verification_passed(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> tuple[bool, str]:
+    """The verify engineer's gate, imported late so cutover works (as "not passed") without it."""
+    try:
+        from toolkit.phases.verify import verification_gate
+    except ImportError:
+        return False, "`reembed verify` is not available in this installation"
+    return verification_gate(conn, plan, record)
+
+
+def index_ready(conn: psycopg.Connection, plan: Plan, phase: str) -> str | None:
+    """None when the new vectors' index (if one is planned) is valid and ready; else why not."""
+    name = layout(plan, phase).new_index
+    if plan.index is None or name is None:
+        return None
+    row = conn.execute(
+        """SELECT i.indisvalid, i.indisready FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = %s AND c.relname = %s AND i.indrelid = to_regclass(%s)""",
+        (plan.table_schema, name, plan.table.as_string(conn))).fetchone()
+    if row is None:
+        return f"index {name} on the new vectors does not exist: run `reembed index {plan.name}`"
+    if not (row[0] and row[1]):
+        return f"index {name} is INVALID (an interrupted build): run `reembed index {plan.name}` to rebuild it"
+    return None
+
+
+def check(conn: psycopg.Connection, plan: Plan, record: PlanRecord, options: CutoverOptions) -> CheckResult:
+    """Every gate, read-only. Raises GateFailed naming the first that does not hold."""
+    if record.phase not in CUTOVER_PHASES:
+        hints = {"cut_over": "it is cut over already (`reembed rollback` swaps back)",
+                 "backfilled": f"build the index first: `reembed index {plan.name}`"}
+        raise GateFailed(f"cannot cut over plan {plan.name!r} in phase {record.phase}: "
+                         + hints.get(record.phase, f"run `reembed run {plan.name}` and `reembed index {plan.name}`"))
+    state = backfill_state(conn, plan, record)
+    problems = []
+    if state.pending:
+        problems.append(f"{state.pending} rows are pending")
+    if state.stale:
+        problems.append(f"{state.stale} rows changed since they were embedded")
+    if state.uncovered:
+        problems.append(f"{state.uncovered} rows with text have no new vector")
+    if problems:
+        raise GateFailed(f"the backfill is not complete ({'; '.join(problems)}): run `reembed run {plan.name}`")
+    if plan.column_not_null and state.without_vector:
+        raise GateFailed(f"{plan.column} is NOT NULL but {state.without_vector} rows have no new vector (blank text "
+                         "the model cannot embed): fill or delete them, or drop NOT NULL, before cutover")
+    why = index_ready(conn, plan, record.phase)
+    if why:
+        raise GateFailed(why)
+    passed, verdict = verification_passed(conn, plan, record)
+    if not passed and not options.force:
+        raise GateFailed(f"the last verify of the current state did not pass ({verdict}): run `reembed verify "
+                         f"{plan.name}`, or pass --force to cut over without it")
+    captured = dependents.capture(conn, dependents.table_oid(conn, plan.table), plan.column)
+    swap.refuse_unsupported(captured, options.refresh_matviews)
+    for name in (plan.old_column,):
+        if swap.column_state(conn, dependents.table_oid(conn, plan.table), name) is not None:
+            raise GateFailed(f"column {name} already exists in {plan.table_display}: the old vectors need that name")
+    return CheckResult(backfill=state, verify=verdict if passed else f"skipped by --force ({verdict})",
+                       dependents=captured.summary())
+
+
+def recheck(plan: Plan, record: PlanRecord) -> Callable[[psycopg.Connection], None]:
+    """The in-lock re-check: index-backed, no table scan."""
+    def run(conn: psycopg.Connection) -> None:
+        pending = conn.execute(template("cutover_recheck", plan_id=sql.Literal(record.id))).fetchone()[0]  # type: ignore[index]
+        if pending:
+            raise GateFailed(f"{pending} rows were inserted or changed since the check: run `reembed run {plan.name}` "
+                             "and cut over again; nothing was changed")
+        why = index_ready(conn, plan, record.phase)
+        if why:
+            raise GateFailed(why)
+    return run
+
+
+@dataclass
+class CutoverResult:
+    check: CheckResult | None
+    swap: swap.SwapOutcome | None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.check.__dict__ | {"backfill": self.check.backfill.__dict__} if self.check else None,
+                "swap": self.swap.to_json() if self.swap else None, "notes": self.notes}
+
+
+def cutover(conn: psycopg.Connection, plan: Plan, record: PlanRecord, options: CutoverOptions,
+            on_retry: Callable[[int, float, float], None] | None = None) -> CutoverResult:
+    if record.phase == "cut_over":  # re-run: finish what needs a scan (VALIDATE, NOT NULL), nothing else
+        notes = swap.finish(conn, plan, record, lock_timeout_ms=options.lock_timeout_ms, retries=options.retries)
+        return CutoverResult(check=None, swap=None, notes=["already cut over"] + notes)
+    result = check(conn, plan, record, options)
+    outcome = swap.perform(conn, plan, record, exchange(plan), recheck=recheck(plan, record),
+                           lock_timeout_ms=options.lock_timeout_ms, retries=options.retries,
+                           refresh_matviews=options.refresh_matviews, on_retry=on_retry)
+    return CutoverResult(check=result, swap=outcome, notes=list(outcome.notes))

@@ -1,0 +1,241 @@
+"""`reembed index`: build on the shadow column the same kind of vector index as the original's.
+
+Check: the backfill has finished (building the graph earlier would turn every backfill write
+into an index insert and stop HOT updates), and the table still looks as planned.
+Action: CREATE INDEX CONCURRENTLY with maintenance_work_mem sized to the graph and parallel
+maintenance workers; progress from pg_stat_progress_create_index. A valid index of that name is
+kept; an INVALID leftover of an interrupted build is dropped (CONCURRENTLY) and rebuilt.
+Inverse: drop the shadow index (`drop_shadow_index`).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from tqdm import tqdm
+
+from toolkit.db import Database
+from toolkit.errors import BadInput, GateFailed
+from toolkit.phases.ddl import options_clause, template
+from toolkit.plan import Plan, layout
+from toolkit.state import PlanRecord, log_event, set_phase
+
+# Phases in which the shadow column is complete enough to index (see module docstring).
+INDEXABLE_PHASES = ("backfilled", "indexed", "verified", "rolled_back")
+DEFAULT_MEMORY_CAP = "1GB"
+GRAPH_OVERHEAD = 1.3  # HNSW graph: neighbour lists and element headers on top of the vectors
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB|TB)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 1024, "mb": 1024 ** 2, "gb": 1024 ** 3, "tb": 1024 ** 4}
+
+
+def parse_size(text: str) -> int:
+    """'512MB', '2GB', '65536kB' or plain bytes -> bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise BadInput(f"size {text!r} must be a number with an optional unit (kB, MB, GB), e.g. 2GB")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "B").lower()])
+
+
+def graph_memory(rows: int, dims: int) -> int:
+    """Bytes the HNSW build wants in memory: rows x (4*dims + 8) x 1.3."""
+    return int(rows * (4 * dims + 8) * GRAPH_OVERHEAD)
+
+
+@dataclass
+class BuildSettings:
+    maintenance_work_mem: int  # bytes
+    workers: int
+    rows: int
+    wanted: int  # bytes the graph wants, before the cap
+
+
+@dataclass
+class IndexResult:
+    action: str  # built | kept | none_planned
+    index: str | None
+    dropped_invalid: bool = False
+    seconds: float = 0.0
+    size_bytes: int = 0
+    settings: BuildSettings | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "settings"}
+        out["settings"] = self.settings.__dict__ if self.settings else None
+        return out
+
+
+def index_sql(plan: Plan, column: str, name: str) -> sql.Composed:
+    spec = plan.index
+    assert spec is not None
+    predicate = sql.SQL("WHERE {}").format(sql.SQL(spec.predicate)) if spec.predicate else sql.SQL("")
+    return template("index_create", index=sql.Identifier(name), table=plan.table,
+                    method=sql.Identifier(spec.method), column=sql.Identifier(column),
+                    opclass=sql.Identifier(spec.opclass), options=options_clause(spec.options), predicate=predicate)
+
+
+def planned_sql(plan: Plan) -> list[sql.Composable]:
+    if plan.index is None:
+        return []
+    settings = sql.SQL("SELECT set_config('maintenance_work_mem', {}, false)").format(
+        sql.Literal("<rows x (4*dims+8) x 1.3, capped by --maintenance-work-mem>"))
+    return [settings, index_sql(plan, plan.shadow_column, plan.index.shadow_name)]
+
+
+def _index_state(conn: psycopg.Connection, plan: Plan, name: str) -> tuple[bool, bool, str] | None:
+    """(valid, ready, definition) of the index `name` in the table's schema, or None."""
+    row = conn.execute(
+        """SELECT i.indisvalid, i.indisready, pg_get_indexdef(i.indexrelid), i.indrelid = to_regclass(%s)
+           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = %s AND c.relname = %s""",
+        (plan.table.as_string(conn), plan.table_schema, name)).fetchone()
+    if row is None:
+        return None
+    if not row[3]:
+        raise GateFailed(f"an index named {name} exists on another table: rename or drop it first")
+    return row[0], row[1], row[2]
+
+
+def check(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> None:
+    """Refuse (before touching anything) when the shadow column is not ready to be indexed."""
+    if record.phase not in INDEXABLE_PHASES:
+        hint = ("run `reembed run " + plan.name + "` to completion first"
+                if record.phase in ("planned", "prepared", "backfilling") else f"the plan is {record.phase}")
+        raise GateFailed(f"cannot index plan {plan.name!r} in phase {record.phase}: {hint}")
+    cols = layout(plan, record.phase)
+    exists = conn.execute("SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s "
+                          "AND NOT attisdropped", (plan.table.as_string(conn), cols.new)).fetchone()
+    if exists is None:
+        raise GateFailed(f"the column {cols.new} with the new vectors is missing from {plan.table_display}")
+
+
+def build_settings(conn: psycopg.Connection, plan: Plan, max_memory: int, workers: int | None) -> BuildSettings:
+    rows = conn.execute("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%s)",
+                        (plan.table.as_string(conn),)).fetchone()[0]  # type: ignore[index]
+    if rows == 0:  # never analyzed: count (cheap next to building a graph over the same rows)
+        rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(plan.table)).fetchone()[0]  # type: ignore[index]
+    wanted = graph_memory(int(rows), plan.dimensions)
+    current = conn.execute("SELECT pg_size_bytes(current_setting('maintenance_work_mem'))").fetchone()[0]  # type: ignore[index]
+    memory = min(max(wanted, int(current)), max_memory)
+    if workers is None:
+        server_max = conn.execute("SELECT current_setting('max_parallel_workers')::int").fetchone()[0]  # type: ignore[index]
+        workers = max(0, min(2, int(server_max)))
+    return BuildSettings(maintenance_work_mem=memory, workers=workers, rows=int(rows), wanted=wanted)
+
+
+def build(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *,
+          max_memory: int = parse_size(DEFAULT_MEMORY_CAP), workers: int | None = None,
+          progress: bool = True) -> IndexResult:
+    """Build (or keep, or rebuild) the vector index on the column holding the new vectors."""
+    check(conn, plan, record)
+    if plan.index is None:
+        if record.phase == "backfilled":
+            set_phase(conn, record.id, "indexed", "no vector index planned: the original column has none")
+        return IndexResult(action="none_planned", index=None,
+                           notes=["the original column has no vector index, so none is built "
+                                  "(plan with --index hnsw:cosine to get one)"])
+    cols = layout(plan, record.phase)
+    name = cols.new_index
+    assert name is not None
+    result = IndexResult(action="built", index=name)
+    state = _index_state(conn, plan, name)
+    if state is not None:
+        valid, ready, _definition = state
+        if valid and ready:
+            result.action = "kept"
+            result.notes.append(f"index {name} already exists and is valid")
+            _finish(conn, record, result)
+            return result
+        # An interrupted CONCURRENTLY build leaves an INVALID index that still slows every write.
+        conn.execute(template("index_drop", index=sql.Identifier(plan.table_schema, name)))
+        result.dropped_invalid = True
+        log_event(conn, record.id, "index", f"dropped INVALID leftover index {name}", phase=record.phase)
+    settings = build_settings(conn, plan, max_memory, workers)
+    result.settings = settings
+    if settings.wanted > settings.maintenance_work_mem:
+        result.notes.append(f"the graph wants {settings.wanted // 2**20} MB but maintenance_work_mem is capped at "
+                            f"{settings.maintenance_work_mem // 2**20} MB: the build will be slower "
+                            "(raise --maintenance-work-mem)")
+    started = time.monotonic()
+    _build_with_progress(db, plan, cols.new, name, settings, progress)
+    result.seconds = time.monotonic() - started
+    state = _index_state(conn, plan, name)
+    if state is None or not (state[0] and state[1]):
+        raise GateFailed(f"index {name} was built but is not valid; run `reembed index {plan.name}` again")
+    result.size_bytes = conn.execute("SELECT pg_relation_size(to_regclass(%s))",
+                                     (sql.Identifier(plan.table_schema, name).as_string(conn),)).fetchone()[0]  # type: ignore[index]
+    _finish(conn, record, result)
+    return result
+
+
+def _finish(conn: psycopg.Connection, record: PlanRecord, result: IndexResult) -> None:
+    details = result.to_json()
+    if record.phase in ("backfilled", "verified", "indexed"):
+        # A rebuilt index invalidates an earlier verify: verify again before cutover.
+        set_phase(conn, record.id, "indexed", f"index {result.index} {result.action}", details)
+    else:
+        log_event(conn, record.id, "index", f"index {result.index} {result.action}", details, phase=record.phase)
+
+
+def _build_with_progress(db: Database, plan: Plan, column: str, name: str, settings: BuildSettings,
+                         progress: bool) -> None:
+    """Run the build on its own connection; report pg_stat_progress_create_index meanwhile."""
+    builder = db.connect()
+    error: list[BaseException] = []
+    pid = builder.info.backend_pid
+
+    def run() -> None:
+        try:
+            builder.execute(template("index_session", memory=sql.Literal(f"{settings.maintenance_work_mem // 1024}kB"),
+                                     workers=sql.Literal(str(settings.workers))))
+            builder.execute(index_sql(plan, column, name))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            error.append(exc)
+
+    worker = threading.Thread(target=run, name="reembed-index-build", daemon=True)
+    monitor = db.connect()
+    bar = tqdm(total=0, desc=f"index {name}", unit="blocks", disable=not progress, leave=False)
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.25)
+            row = monitor.execute(
+                "SELECT phase, blocks_total, blocks_done, tuples_done FROM pg_stat_progress_create_index "
+                "WHERE pid = %s", (pid,)).fetchone()
+            if row:
+                phase, total, done, tuples = row
+                if total and bar.total != total:
+                    bar.reset(total=total)
+                bar.n = done or 0
+                bar.set_postfix_str(f"{phase}, {tuples or 0} tuples", refresh=False)
+                bar.refresh()
+    except KeyboardInterrupt:
+        builder.cancel()  # leaves an INVALID index: the next `reembed index` drops and rebuilds it
+        worker.join()
+        raise
+    finally:
+        bar.close()
+        monitor.close()
+        builder.close()
+    if error:
+        exc = error[0]
+        if isinstance(exc, psycopg.Error):
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise GateFailed(f"building index {name} failed: {first}; run `reembed index {plan.name}` again "
+                             "(an INVALID leftover is dropped and rebuilt)") from None
+        raise exc
+
+
+def drop_shadow_index(conn: psycopg.Connection, plan: Plan) -> bool:
+    """The inverse: drop the index on the shadow column (before cutover). True when one was dropped."""
+    if plan.index is None:
+        return False
+    existed = _index_state(conn, plan, plan.index.shadow_name) is not None
+    conn.execute(template("index_drop", index=sql.Identifier(plan.table_schema, plan.index.shadow_name)))
+    return existed
