@@ -1,0 +1,2 @@
+-- The plan's tracking function, once no trigger uses it.
+DROP FUNCTION IF EXISTS {function}()

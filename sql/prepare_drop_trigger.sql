@@ -1,0 +1,2 @@
+-- Remove the change tracking of a plan from the user's table (cleanup / abandon).
+DROP TRIGGER IF EXISTS {trigger} ON {table}

@@ -1,0 +1,69 @@
+"""reembed run: a whole migration through the real google-genai client against the emulator."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from backfill_support import gemini, make_plan, mismatches, shadow_column, status_json  # noqa: F401 (fixture)
+from tables import create_docs
+
+STATUS_KEYS = {"name", "phase", "shadow_column", "rows_total", "rows_embedded", "rows_pending", "rows_skipped"}
+
+
+def test_run_embeds_every_row_exactly(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
+    create_docs(conn, 3000, index="hnsw")
+    conn.execute("UPDATE docs SET content = '' WHERE id IN (5, 6)")
+    conn.execute("UPDATE docs SET content = NULL WHERE id = 7")
+    name = make_plan(run_cli)
+    result = run_cli("run", name, "--json", "--no-progress")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["rows_written"] == 2997 and summary["rows_skipped"] == 3
+    assert summary["phase"] == "backfilled"
+    assert mismatches(conn, shadow_column(conn, name)) == []
+    status = status_json(run_cli, name)
+    assert STATUS_KEYS <= set(status)
+    assert (status["phase"], status["rows_total"], status["rows_embedded"], status["rows_pending"],
+            status["rows_skipped"]) == ("backfilled", 3000, 2997, 0, 3)
+    reasons = conn.execute("SELECT DISTINCT skip_reason FROM reembed.ledger WHERE state = 'skipped'").fetchall()
+    assert reasons == [("empty text",)]
+    # The original column and the application's rows are untouched apart from the new column.
+    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone()[0] == 0
+
+
+def test_run_again_is_a_no_op_then_picks_up_changes(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
+    create_docs(conn, 300, index=None)
+    name = make_plan(run_cli)
+    assert run_cli("run", name, "--no-progress").exit_code == 0
+    again = json.loads(run_cli("run", name, "--json", "--no-progress").stdout)
+    assert again["rows_written"] == 0
+    conn.execute("UPDATE docs SET content = 'changed text ' || id WHERE id < 10")
+    conn.execute("UPDATE docs SET title = 'new title' WHERE id = 20")
+    conn.execute("INSERT INTO docs (id, title, content) VALUES (1000, 't', 'a brand new row')")
+    conn.execute("UPDATE docs SET content = '' WHERE id = 30")  # had a vector: it must not survive
+    conn.execute("UPDATE docs SET content = content WHERE id = 40")  # same text: nothing to do
+    conn.execute("DELETE FROM docs WHERE id = 50")
+    status = status_json(run_cli, name)
+    assert status["rows_pending"] == 10 + 1 + 1 + 1 and status["rows_total"] == 300
+    third = json.loads(run_cli("run", name, "--json", "--no-progress").stdout)
+    assert third["rows_written"] == 12 and third["rows_skipped"] == 1
+    assert mismatches(conn, shadow_column(conn, name)) == []
+
+
+def test_status_unknown_plan_is_bad_input(run_cli) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("status", "no-such-plan", "--json")
+    assert result.exit_code == 2
+    assert "no-such-plan" in result.stderr
+    result = run_cli("run", "no-such-plan")
+    assert result.exit_code == 2
+
+
+def test_run_rejects_bad_options(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
+    create_docs(conn, 10, index=None)
+    name = make_plan(run_cli)
+    assert run_cli("run", name, "--batch-size", "0").exit_code == 2
+    assert run_cli("run", name, "--workers", "0").exit_code == 2
+    # Refused before anything was touched: still only planned, no shadow column.
+    assert status_json(run_cli, name)["phase"] == "planned"

@@ -1,0 +1,93 @@
+"""`reembed run`, `reembed status`, `reembed bench`."""
+
+from __future__ import annotations
+
+import click
+
+from toolkit import render
+from toolkit.cli.common import cli, connected, dsn_option, echo_json, handle_errors, json_option
+from toolkit.phases.backfill import DEFAULT_BATCH_SIZE, DEFAULT_LEASE_SECONDS, RunOptions, RunSummary, rollback_fill
+from toolkit.phases.backfill import run as run_backfill
+from toolkit.phases.status import plan_status
+
+
+@cli.command()
+@click.argument("plan_ref", metavar="PLAN")
+@click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True,
+              help="Rows per claim, per provider request and per write transaction (Gemini takes at most 100).")
+@click.option("--concurrency", type=int, default=4, show_default=True,
+              help="Provider requests in flight per process (one shared rate limiter).")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Local worker processes, each with its own connection; quotas are split between them.")
+@click.option("--rpm", type=int, help="Provider quota in texts per minute (default: adapt to 429s).")
+@click.option("--tpm", type=int, help="Provider quota in tokens per minute (default: adapt to 429s).")
+@click.option("--max-rows-per-second", type=float, help="Throttle writes to the table (all workers together).")
+@click.option("--lease-seconds", type=float, default=DEFAULT_LEASE_SECONDS, show_default=True,
+              help="How long a claimed batch stays reserved; a crashed holder's rows are taken over after it.")
+@click.option("--rollback-fill", is_flag=True,
+              help="Instead: give rows that have no vector of the SOURCE model one (into the old-model column), "
+                   "so a rollback leaves no row without a vector.")
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@dsn_option
+@json_option
+@handle_errors
+def run(plan_ref: str, batch_size: int, concurrency: int, workers: int, rpm: int | None, tpm: int | None,
+        max_rows_per_second: float | None, lease_seconds: float, rollback_fill: bool, no_progress: bool,
+        dsn: str | None, as_json: bool) -> None:
+    """Fill the new-model column of PLAN (its name or plan file), preparing it first when needed:
+    adds the shadow column, installs change tracking, then embeds every row in leased, checkpointed
+    batches until no row is pending (rows changed meanwhile are embedded again).
+
+    \b
+    Safe to interrupt (even kill -9) and run again: it continues where it stopped. Several
+    `reembed run` on several machines share the work. Exit 0 when nothing is left pending.
+    """
+    options = RunOptions(batch_size=batch_size, concurrency=concurrency, workers=workers, rpm=rpm, tpm=tpm,
+                         max_rows_per_second=max_rows_per_second, lease_seconds=lease_seconds,
+                         progress=not no_progress)
+    with connected(dsn) as (db, _conn):  # applies reembed's schema when missing; the run opens its own connections
+        summary = rollback_fill(db, plan_ref, options) if rollback_fill else run_backfill(db, plan_ref, options)
+    if as_json:
+        echo_json(summary.to_json())
+    else:
+        click.echo(_summary_text(summary))
+
+
+def _summary_text(s: RunSummary) -> str:
+    c, p = s.counters, s.progress
+    if s.rollback_fill:
+        return (f"{s.name}: {c.rows_written} rows given source-model vectors in {s.column} in {s.seconds:.1f}s "
+                f"({s.rows_per_second:.0f} rows/s); {c.rows_skipped} skipped (empty), {c.rows_rejected} changed meanwhile")
+    lines = [
+        f"plan {s.name}: phase {s.phase}, column {s.column}",
+        f"  this run: {c.rows_written} rows embedded, {c.rows_skipped} skipped (empty text), "
+        f"{c.rows_rejected} changed while embedding (embedded again), {c.provider_retries} provider retries, "
+        f"{s.seconds:.1f}s, {s.rows_per_second:.0f} rows/s" + (f", {s.workers} workers" if s.workers > 1 else ""),
+        f"  table: {p.rows_embedded} of {p.rows_total} rows embedded, {p.rows_skipped} skipped, "
+        f"{p.rows_pending} pending",
+    ]
+    if p.rows_pending:
+        lines.append(f"  {p.rows_pending} rows still pending (held by other processes); run again or wait")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("plan_ref", metavar="[PLAN]", required=False)
+@dsn_option
+@json_option
+@handle_errors
+def status(plan_ref: str | None, dsn: str | None, as_json: bool) -> None:
+    """Progress of PLAN (or of every live plan): phase, rows embedded / pending / skipped, leases
+    held and by how many processes, rows embedded more than once, the last event."""
+    with connected(dsn) as (_, conn):
+        reports = plan_status(conn, plan_ref)
+    if as_json:
+        echo_json(reports[0] if plan_ref else reports)
+        return
+    if not reports:
+        click.echo("no live plans")
+        return
+    rows = [[r["name"], r["phase"], r["shadow_column"], r["rows_total"], r["rows_embedded"], r["rows_pending"],
+             r["rows_skipped"], r["leases_held"], (r.get("last_event") or {}).get("message", "")] for r in reports]
+    click.echo(render.table(rows, ["plan", "phase", "shadow column", "rows", "embedded", "pending", "skipped",
+                                   "leased", "last event"]))

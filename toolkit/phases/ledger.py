@@ -1,0 +1,131 @@
+"""The work ledger (reembed.ledger): leases on pending rows, shared by every process on every machine.
+
+PostgreSQL is the only coordinator. A claim is a lease (`lease_owner`, `lease_until`) taken with
+FOR UPDATE SKIP LOCKED in one short statement; a lease that runs out (its holder crashed or
+hung) is taken over by the next claim. A row is `done` only in the same transaction that wrote
+its vector, so a `kill -9` at any instant loses nothing: at most the batches in flight are
+embedded again.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from toolkit.phases.ddl import template
+
+Key = dict[str, Any]  # a row's primary key as the ledger stores it: {"id": 42}
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()[:8]
+    except OSError:
+        return "noboot"
+
+
+def owner_id(suffix: str = "") -> str:
+    """Who holds a lease: host, boot, pid and a nonce. Host, boot and pid let a later run on the same
+    machine see that the holder is dead and take its leases at once instead of waiting them out."""
+    return f"{socket.gethostname()}/{_boot_id()}/{os.getpid()}/{uuid.uuid4().hex[:8]}{suffix}"
+
+
+def _is_dead_local_owner(owner: str) -> bool:
+    parts = owner.split("/")
+    if len(parts) < 4 or parts[0] != socket.gethostname() or parts[1] != _boot_id():
+        return False
+    try:
+        pid = int(parts[2])
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def keys_param(keys: Sequence[Key]) -> list[Jsonb]:
+    return [Jsonb(k) for k in keys]
+
+
+def claim(conn: psycopg.Connection, plan_id: int, owner: str, limit: int, lease_seconds: float) -> list[Key]:
+    """Lease up to `limit` pending rows to `owner`, in ledger order. Autocommit: one statement."""
+    rows = conn.execute(template(
+        "backfill_claim", owner=sql.Literal(owner), lease_seconds=sql.Literal(float(lease_seconds)),
+        plan_id=sql.Literal(plan_id), limit=sql.Literal(int(limit)))).fetchall()
+    return [r[0] for r in rows]
+
+
+def release(conn: psycopg.Connection, plan_id: int, owner: str, keys: Sequence[Key]) -> int:
+    """Give back leases on rows not written; they stay pending."""
+    if not keys:
+        return 0
+    return conn.execute(template("backfill_release", plan_id=sql.Literal(plan_id), owner=sql.Literal(owner),
+                                 keys=sql.Placeholder()), (keys_param(keys),)).rowcount
+
+
+def release_all(conn: psycopg.Connection, plan_id: int, owners: Sequence[str]) -> int:
+    """Give back every lease the given owners hold (a stopped worker, a dead local process)."""
+    return conn.execute(
+        "UPDATE reembed.ledger SET lease_owner = NULL, lease_until = NULL "
+        "WHERE plan_id = %s AND state = 'pending' AND lease_owner = ANY (%s)", (plan_id, list(owners))).rowcount
+
+
+def renew(conn: psycopg.Connection, plan_id: int, owner: str, keys: Sequence[Key], lease_seconds: float) -> int:
+    if not keys:
+        return 0
+    return conn.execute(template("backfill_renew", plan_id=sql.Literal(plan_id), owner=sql.Literal(owner),
+                                 lease_seconds=sql.Literal(float(lease_seconds)), keys=sql.Placeholder()),
+                        (keys_param(keys),)).rowcount
+
+
+def release_dead_local(conn: psycopg.Connection, plan_id: int) -> int:
+    """Leases held by processes of this machine that no longer exist (kill -9, OOM): free them now."""
+    owners = [r[0] for r in conn.execute(
+        "SELECT DISTINCT lease_owner FROM reembed.ledger WHERE plan_id = %s AND state = 'pending' "
+        "AND lease_owner IS NOT NULL AND lease_until >= now()", (plan_id,)).fetchall()]
+    dead = [o for o in owners if _is_dead_local_owner(o)]
+    return release_all(conn, plan_id, dead) if dead else 0
+
+
+def pending_counts(conn: psycopg.Connection, plan_id: int) -> tuple[int, int]:
+    """(pending rows, of which claimable now)."""
+    row = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE lease_until IS NULL OR lease_until < now()) "
+        "FROM reembed.ledger WHERE plan_id = %s AND state = 'pending'", (plan_id,)).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+@dataclass
+class Progress:
+    rows_total: int
+    rows_embedded: int
+    rows_pending: int
+    rows_skipped: int
+    leases_held: int
+    lease_holders: int
+    rows_embedded_more_than_once: int
+    embeddings_written: int
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def progress(conn: psycopg.Connection, plan_id: int) -> Progress:
+    row = conn.execute(template("backfill_progress", plan_id=sql.Literal(plan_id))).fetchone()
+    assert row is not None
+    return Progress(*(int(v) for v in row))
