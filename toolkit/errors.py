@@ -39,3 +39,7 @@ class ProviderUnreachable(Unreachable):
 
 class MalformedResponse(ProviderError):
     """A provider answered, but the vectors cannot be trusted (count, dimension, NaN, zero norm)."""
+
+
+class QuotaExhausted(ProviderUnreachable):
+    """The provider kept answering 429 (or asked for a wait longer than we accept)."""
