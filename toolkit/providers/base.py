@@ -12,7 +12,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from toolkit.errors import BadInput
+from toolkit.errors import BadInput, MalformedResponse
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,36 @@ class Embedder(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+EMPTY_TEXT = "empty text"  # EmbedBatch.skipped reason for empty or whitespace-only input
+
+
+def validated_vectors(raw: Sequence[Sequence[float] | None] | None, expected_count: int, dimensions: int,
+                      source: str) -> np.ndarray:
+    """A provider's answer as unit-length float32 rows, or MalformedResponse.
+
+    Checks before anything can be stored: one vector per text sent, each of the planned
+    dimension, every number finite, a non-zero norm. Normalizes on our side (Gemini below
+    3072 dims is not unit length; a wrong norm must never reach `<=>` distances).
+    """
+    if raw is None:
+        raise MalformedResponse(f"{source} answered without embeddings for {expected_count} texts")
+    if len(raw) != expected_count:
+        raise MalformedResponse(f"{source} returned {len(raw)} vectors for {expected_count} texts")
+    for i, vector in enumerate(raw):
+        if vector is None or len(vector) != dimensions:
+            got = "no vector" if vector is None else f"{len(vector)} dimensions"
+            raise MalformedResponse(f"{source} returned {got} for text {i} of the batch, expected {dimensions}")
+    try:
+        matrix = np.asarray(raw, dtype=np.float64).reshape(expected_count, dimensions)
+    except (TypeError, ValueError):
+        raise MalformedResponse(f"{source} returned vectors that are not lists of numbers") from None
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        raise MalformedResponse(f"{source} returned a non-finite number (NaN/inf) in text {int(np.argmin(finite))} "
+                                "of the batch")
+    norms = np.linalg.norm(matrix, axis=1)
+    if not (norms > 0).all():
+        raise MalformedResponse(f"{source} returned a zero vector for text {int(np.argmin(norms > 0))} of the batch")
+    return (matrix / norms[:, None]).astype(np.float32)
