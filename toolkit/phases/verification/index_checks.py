@@ -1,0 +1,196 @@
+"""Checks of the new vector index: it is there, valid, serves the application's distance and is
+used; and how many of the exact nearest neighbours its scan returns (ANN recall)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable
+
+import numpy as np
+import psycopg
+from psycopg import sql
+from tqdm import tqdm
+
+from toolkit.phases.verification.options import CheckResult, VerifyOptions
+from toolkit.phases.verification.subject import DISTANCE_OPERATORS, SampleRow, Subject, search_sql
+
+# Scan settings by index method: what the application's session uses unless --ef-search/--probes say.
+_SEARCH_SETTING = {"hnsw": "hnsw.ef_search", "ivfflat": "ivfflat.probes"}
+
+
+def _plan_indexes(plan: Any) -> set[str]:
+    """Names of every index an EXPLAIN (FORMAT JSON) plan scans."""
+    found: set[str] = set()
+    stack = [plan]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "Index Name" in node:
+                found.add(node["Index Name"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def _set_local(conn: psycopg.Connection, settings: dict[str, str]) -> None:
+    for name, value in settings.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+
+
+def _explain(conn: psycopg.Connection, query: sql.Composable, vector: np.ndarray,
+             settings: dict[str, str]) -> set[str]:
+    with conn.transaction():
+        conn.execute("SET TRANSACTION READ ONLY")
+        _set_local(conn, settings)
+        row = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(query), (vector,), prepare=False).fetchone()
+    assert row is not None
+    data = row[0] if not isinstance(row[0], str) else json.loads(row[0])
+    return _plan_indexes(data)
+
+
+def _probe_vector(conn: psycopg.Connection, subject: Subject, sample: list[SampleRow]) -> np.ndarray | None:
+    if sample:
+        return sample[0].vector
+    with conn.transaction():
+        conn.execute("SET TRANSACTION READ ONLY")
+        row = conn.execute(sql.SQL("SELECT {} FROM {} WHERE {} IS NOT NULL LIMIT 1").format(
+            sql.Identifier(subject.new_column), subject.table, sql.Identifier(subject.new_column))).fetchone()
+    return np.asarray(row[0].to_numpy() if hasattr(row[0], "to_numpy") else row[0], dtype=np.float32) if row else None
+
+
+def index(conn: psycopg.Connection, subject: Subject, options: VerifyOptions, sample: list[SampleRow]) -> CheckResult:
+    plan = subject.plan
+    if plan.index is None:
+        return CheckResult("index", True, "none planned", "-",
+                           "the original column has no vector index and none was planned: queries scan exactly",
+                           {"operator": subject.operator})
+    idx = subject.new_index
+    evidence: dict[str, Any] = {"index": plan.index.shadow_name if idx is None else idx.name,
+                                "retrieval_operator": subject.operator,
+                                "retrieval_distance": DISTANCE_OPERATORS.get(subject.operator),
+                                "operator_from": subject.operator_origin}
+    if idx is None:
+        return CheckResult("index", False, "missing", "valid, ready, used",
+                           f"index {evidence['index']} does not exist on {subject.new_column}: "
+                           f"run `reembed index {plan.name}`", evidence)
+    evidence.update({"method": idx.method, "opclass": idx.opclass, "opclass_operator": idx.operator,
+                     "options": idx.options, "valid": idx.valid, "ready": idx.ready, "predicate": idx.predicate,
+                     "planned": {"method": plan.index.method, "opclass": plan.index.opclass,
+                                 "options": plan.index.options}})
+    problems = []
+    if not (idx.valid and idx.ready):
+        problems.append(f"index {idx.name} is INVALID (indisvalid={idx.valid}, indisready={idx.ready}): an "
+                        f"interrupted CONCURRENTLY build; run `reembed index {plan.name}` again")
+    if idx.column != subject.new_column:
+        problems.append(f"index {idx.name} is on {idx.column}, not on {subject.new_column}")
+    if idx.method != plan.index.method:
+        problems.append(f"index {idx.name} is {idx.method}, the original is {plan.index.method}")
+    if idx.operator != subject.operator:
+        problems.append(f"opclass {idx.opclass} serves {idx.operator}, but the retrieval query orders by "
+                        f"{subject.operator} ({subject.operator_origin}): the index cannot serve the query")
+    used = "not checked"
+    probe = _probe_vector(conn, subject, sample)
+    if probe is not None and not problems:
+        query = search_sql(subject, subject.new_column, subject.new_type, limit=options.k, predicate=idx.predicate)
+        if idx.name in _explain(conn, query, probe, {}):
+            used = "used"
+        elif idx.name in _explain(conn, query, probe, {"enable_seqscan": "off"}):
+            # On a small table the planner rightly prefers a sequential scan; what matters is that it can use it.
+            used = "usable (the planner prefers a sequential scan at this table size)"
+        else:
+            used = "not used"
+            problems.append(f"EXPLAIN of ORDER BY {subject.new_column} {subject.operator} $1 LIMIT {options.k} "
+                            f"does not use {idx.name}, even with sequential scans off")
+    evidence["explain"] = used
+    option_diff = {k: (v, idx.options.get(k)) for k, v in plan.index.options.items() if idx.options.get(k) != v}
+    if option_diff:
+        evidence["options_differ_from_plan"] = option_diff  # a note: recall judges whether it matters
+    if problems:
+        return CheckResult("index", False, "; ".join(problems[:1]) if len(problems) == 1 else f"{len(problems)} problems",
+                           "valid, ready, serves " + subject.operator, "; ".join(problems), evidence)
+    return CheckResult("index", True, f"valid, ready, {idx.opclass}, {used.split(' ')[0]}",
+                       "valid, ready, serves " + subject.operator,
+                       f"{idx.name}: {idx.method} {idx.opclass} (serves {subject.operator}, as {subject.operator_origin}),"
+                       f" valid and ready, {used}", evidence)
+
+
+def _top(conn: psycopg.Connection, query: sql.Composable, vector: np.ndarray,
+         settings: dict[str, str], setting_name: str | None) -> tuple[list[str], float, str | None]:
+    with conn.transaction():
+        conn.execute("SET TRANSACTION READ ONLY")
+        _set_local(conn, settings)
+        started = time.perf_counter()
+        rows = conn.execute(query, (vector,), prepare=False).fetchall()
+        elapsed = time.perf_counter() - started
+        current = conn.execute("SELECT current_setting(%s, true)", (setting_name,)).fetchone()[0] \
+            if setting_name else None  # type: ignore[index]
+    return [r[0] for r in rows], elapsed, current
+
+
+def ann_recall(conn: psycopg.Connection, subject: Subject, options: VerifyOptions,
+               sample: list[SampleRow]) -> CheckResult:
+    """recall@k of the index scan against an exact scan, for the sampled rows' vectors as queries.
+
+    The query row itself is dropped from both lists (it would be found by both and flatter the
+    figure). The exact scan runs unprepared, with index scans off and an ORDER BY no index can
+    serve; EXPLAIN confirms which plan each side really got.
+    """
+    name = "ann_recall"
+    idx = subject.new_index
+    if subject.plan.index is None:
+        return CheckResult(name, True, "n/a", options.min_recall, "no vector index: queries are exact", {})
+    if idx is None or not (idx.valid and idx.ready) or idx.operator != subject.operator:
+        return CheckResult(name, False, None, options.min_recall,
+                           "not measurable: the new index is missing, invalid or cannot serve the retrieval operator",
+                           {})
+    if not sample:
+        return CheckResult(name, False, None, options.min_recall, "no rows with vectors to query with", {})
+    setting_name = _SEARCH_SETTING.get(idx.method)
+    scan_settings = {"enable_seqscan": "off"}
+    chosen = options.ef_search if idx.method == "hnsw" else options.probes
+    if setting_name and chosen is not None:
+        scan_settings[setting_name] = str(chosen)
+    exact_settings = {"enable_indexscan": "off", "enable_bitmapscan": "off", "enable_indexonlyscan": "off"}
+    limit = options.k + 1
+    ann_query = search_sql(subject, subject.new_column, subject.new_type, limit=limit, predicate=idx.predicate)
+    exact_query = search_sql(subject, subject.new_column, subject.new_type, limit=limit, exact=True,
+                             predicate=idx.predicate)
+    ann_plan = _explain(conn, ann_query, sample[0].vector, scan_settings)
+    exact_plan = _explain(conn, exact_query, sample[0].vector, exact_settings)
+    evidence: dict[str, Any] = {"k": options.k, "queries": len(sample), "index_plan_uses": sorted(ann_plan),
+                                "exact_plan_uses": sorted(exact_plan)}
+    if idx.name not in ann_plan or exact_plan:
+        return CheckResult(name, False, None, options.min_recall,
+                           f"could not get the plans to compare (index scan uses {sorted(ann_plan)}, "
+                           f"exact scan uses {sorted(exact_plan)})", evidence)
+    recalls: list[float] = []
+    ann_seconds = exact_seconds = 0.0
+    current: str | None = None
+    for row in _progress(sample, options, "ann recall"):
+        ann, t_ann, current = _top(conn, ann_query, row.vector, scan_settings, setting_name)
+        exact, t_exact, _ = _top(conn, exact_query, row.vector, exact_settings, None)
+        ann_seconds += t_ann
+        exact_seconds += t_exact
+        truth = [key for key in exact if key != row.key][: options.k]
+        got = set([key for key in ann if key != row.key][: options.k])
+        if truth:
+            recalls.append(len(got.intersection(truth)) / len(truth))
+    if not recalls:
+        return CheckResult(name, False, None, options.min_recall, "the table has too few rows to measure recall",
+                           evidence)
+    values = np.asarray(recalls)
+    mean = float(values.mean())
+    evidence.update({"setting": setting_name, "setting_value": current, "min": float(values.min()),
+                     "p10": float(np.percentile(values, 10)), "median": float(np.median(values)),
+                     "index_ms_per_query": round(1000 * ann_seconds / len(recalls), 3),
+                     "exact_ms_per_query": round(1000 * exact_seconds / len(recalls), 3)})
+    at = f" at {setting_name}={current}" if setting_name else ""
+    summary = (f"recall@{options.k} {mean:.3f}{at} over {len(recalls)} queries (min {values.min():.2f}); "
+               f"index {evidence['index_ms_per_query']} ms vs exact {evidence['exact_ms_per_query']} ms per query")
+    return CheckResult(name, mean >= options.min_recall, round(mean, 4), options.min_recall, summary, evidence)
+
+
+def _progress(items: list[SampleRow], options: VerifyOptions, what: str) -> Iterable[SampleRow]:
+    return tqdm(items, desc=what, unit="q", leave=False, disable=None if options.progress else True)

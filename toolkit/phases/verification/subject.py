@@ -1,0 +1,208 @@
+"""What verify looks at, resolved once from the plan, the phase and the live catalog.
+
+Which physical column holds the new (and old) vectors depends on the phase (`layout`); the
+distance the application's retrieval query uses is the one the ORIGINAL index serves, so the
+operator is read from that index's operator class in the catalog, not assumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from toolkit import catalog
+from toolkit.errors import GateFailed
+from toolkit.plan import Plan, layout
+from toolkit.resources import sql_dir
+from toolkit.state import PlanRecord
+
+# pgvector's ordering operators; anything else found in the catalog is refused rather than pasted into SQL.
+DISTANCE_OPERATORS = {"<->": "l2", "<=>": "cosine", "<#>": "negative inner product", "<+>": "l1",
+                      "<~>": "hamming", "<%>": "jaccard"}
+DEFAULT_OPERATOR = "<=>"
+VECTOR_TYPES = ("vector", "halfvec")
+
+
+@lru_cache(maxsize=None)
+def _template_text(name: str) -> str:
+    lines = (sql_dir() / f"{name}.sql").read_text().splitlines()
+    # Leading `--` lines document the file for reviewers; a `{` in that prose would be a placeholder.
+    return "\n".join(line for line in lines if not line.lstrip().startswith("--")).strip().rstrip(";")
+
+
+def template(name: str, **parts: sql.Composable) -> sql.Composed:
+    """sql/<name>.sql with its placeholders filled by identifiers and literals only."""
+    return sql.SQL(_template_text(name)).format(**parts)
+
+
+@dataclass(frozen=True)
+class IndexState:
+    name: str
+    oid: int
+    column: str | None
+    method: str
+    opclass: str
+    operator: str | None  # the ordering operator the opclass serves
+    options: dict[str, Any]
+    valid: bool
+    ready: bool
+    predicate: str | None  # deparsed by PostgreSQL from the live index
+
+
+@dataclass(frozen=True)
+class Subject:
+    plan: Plan
+    record: PlanRecord
+    table_oid: int
+    new_column: str
+    new_type: str  # vector or halfvec
+    old_column: str | None  # None when the old vectors are gone
+    old_type: str
+    old_dimensions: int | None
+    new_index: IndexState | None
+    old_index: IndexState | None
+    operator: str  # the distance the retrieval query orders by
+    operator_origin: str  # in words: where `operator` came from
+
+    @property
+    def table(self) -> sql.Identifier:
+        return self.plan.table
+
+    def key(self, alias: str | None = None) -> sql.Composable:
+        """The row's primary key as text: the value for a one-column key, a JSON array otherwise."""
+        cols = [sql.Identifier(alias, c) if alias else sql.Identifier(c) for c in self.plan.primary_key]
+        if len(cols) == 1:
+            return sql.SQL("{}::text").format(cols[0])
+        return sql.SQL("jsonb_build_array({})::text").format(sql.SQL(", ").join(cols))
+
+    def has_text(self, alias: str | None = None) -> sql.Composable:
+        """True when the row has something to embed: the backfill skips empty or blank text."""
+        return sql.SQL("coalesce({} ~ '[^[:space:]]', false)").format(self.plan.text_expression(alias))
+
+
+def resolve(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> Subject:
+    """Read the live catalog for the plan's table in the plan's current phase."""
+    row = conn.execute(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s", (plan.table_schema, plan.table_name)).fetchone()
+    if row is None:
+        raise GateFailed(f"table {plan.table_display} of plan {plan.name!r} does not exist")
+    info = catalog.load_table(conn, row[0], plan.table_schema, plan.table_name)
+    names = layout(plan, record.phase)
+    new_col = info.column(names.new)
+    if new_col is None or not new_col.is_vector:
+        raise GateFailed(f"plan {plan.name!r} is {record.phase}: column {names.new} holding {plan.target} vectors "
+                         f"does not exist yet; run `reembed run {plan.name}` first")
+    old_col = info.column(names.old)
+    new_index = _index_state(conn, info, names.new_index)
+    old_index = _index_state(conn, info, names.old_index)
+    operator, origin = _retrieval_operator(conn, plan, old_index)
+    return Subject(plan=plan, record=record, table_oid=info.oid, new_column=new_col.name, new_type=new_col.base_type,
+                   old_column=old_col.name if old_col is not None and old_col.is_vector else None,
+                   old_type=old_col.base_type if old_col is not None and old_col.is_vector else "vector",
+                   old_dimensions=old_col.dimensions if old_col is not None else None,
+                   new_index=new_index, old_index=old_index, operator=operator, operator_origin=origin)
+
+
+def _index_state(conn: psycopg.Connection, info: catalog.TableInfo, name: str | None) -> IndexState | None:
+    if name is None:
+        return None
+    found = next((i for i in info.indexes if i.name == name), None)
+    if found is None:
+        return None
+    oid = conn.execute(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+        "AND c.relname = %s", (found.schema, found.name)).fetchone()[0]  # type: ignore[index]
+    return IndexState(name=found.name, oid=oid, column=found.column, method=found.method, opclass=found.opclass,
+                      operator=opclass_operator(conn, found.method, found.opclass), options=dict(found.options),
+                      valid=found.valid, ready=found.ready, predicate=found.predicate)
+
+
+def opclass_operator(conn: psycopg.Connection, method: str, opclass: str) -> str | None:
+    """The ordering (ORDER BY) operator an index operator class serves, from pg_amop."""
+    row = conn.execute(
+        """SELECT o.oprname FROM pg_opclass c
+           JOIN pg_am am ON am.oid = c.opcmethod
+           JOIN pg_amop a ON a.amopfamily = c.opcfamily AND a.amoppurpose = 'o'
+           JOIN pg_operator o ON o.oid = a.amopopr
+           WHERE am.amname = %s AND c.opcname = %s
+           ORDER BY a.amopstrategy LIMIT 1""", (method, opclass)).fetchone()
+    return row[0] if row else None
+
+
+def _retrieval_operator(conn: psycopg.Connection, plan: Plan, old_index: IndexState | None) -> tuple[str, str]:
+    """The distance the application orders by: the one its (original) index serves."""
+    if old_index is not None and old_index.operator in DISTANCE_OPERATORS:
+        return old_index.operator, f"original index {old_index.name} ({old_index.opclass})"
+    if plan.index is not None:
+        operator = opclass_operator(conn, plan.index.method, plan.index.opclass)
+        if operator in DISTANCE_OPERATORS:
+            assert operator is not None
+            where = f"original index {plan.index.original_name}" if plan.index.original_name else "the plan's --index"
+            return operator, f"{where} as planned ({plan.index.opclass})"
+    return DEFAULT_OPERATOR, "no index on the original column: cosine distance (<=>) assumed"
+
+
+# -- the sample every model-side check shares ---------------------------------------------------
+
+@dataclass
+class SampleRow:
+    key: str
+    text: str
+    title: str | None
+    vector: np.ndarray  # the stored new vector
+
+
+def sample_rows(conn: psycopg.Connection, subject: Subject, n: int, seed: str) -> list[SampleRow]:
+    """n rows with text and a new vector, chosen by a keyed hash of the primary key.
+
+    Deterministic (the same table and seed give the same rows, so a verdict repeats) and
+    independent of physical order (a backfill in page order would otherwise bias the sample).
+    """
+    query = template(
+        "verify_sample", key=subject.key("t"), text=subject.plan.text_expression("t"),
+        title=subject.plan.title_expression("t"), new=sql.Identifier("t", subject.new_column),
+        table=subject.table, has_text=subject.has_text("t"), seed=sql.Literal(seed), limit=sql.Literal(n))
+    with conn.transaction():
+        conn.execute("SET TRANSACTION READ ONLY")
+        rows = conn.execute(query).fetchall()
+    return [SampleRow(key=r[0], text=r[1], title=r[2], vector=_as_array(r[3])) for r in rows]
+
+
+def _as_array(value: Any) -> np.ndarray:
+    if hasattr(value, "to_numpy"):  # pgvector HalfVector / SparseVector
+        value = value.to_numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+def search_sql(subject: Subject, column: str, column_type: str, *, limit: int, exact: bool = False,
+               predicate: str | None = None) -> sql.Composed:
+    """The application's retrieval query on `column` (ORDER BY distance LIMIT k), returning keys.
+
+    `exact` adds the key as a second sort key: no vector index can serve that ORDER BY, so the
+    planner has to compute every distance (belt and braces beside prepare=False and
+    enable_indexscan=off: a prepared generic plan could otherwise pick the index).
+    """
+    if subject.operator not in DISTANCE_OPERATORS or column_type not in VECTOR_TYPES:
+        raise GateFailed(f"refusing to build a query with operator {subject.operator!r} on type {column_type!r}")
+    order = sql.SQL("{} {} %s::{}").format(sql.Identifier(column), sql.SQL(subject.operator), sql.SQL(column_type))
+    if exact:
+        order = sql.SQL("{}, {}").format(order, subject.key())
+    # The predicate of a partial index is PostgreSQL's own deparse of the live index, not user input.
+    where = sql.SQL("WHERE {}").format(sql.SQL(predicate)) if predicate else sql.SQL("")
+    return sql.SQL("SELECT {} FROM {} {} ORDER BY {} LIMIT {}").format(
+        subject.key(), subject.table, where, order, sql.Literal(limit))
+
+
+def search(conn: psycopg.Connection, subject: Subject, column: str, column_type: str, vector: np.ndarray,
+           k: int) -> list[str]:
+    """Top-k keys as the application would get them (index allowed), read-only and unprepared."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION READ ONLY")
+        rows = conn.execute(search_sql(subject, column, column_type, limit=k), (vector,), prepare=False).fetchall()
+    return [r[0] for r in rows]

@@ -1,0 +1,134 @@
+"""Checks over ALL rows, in SQL: coverage, freshness, sanity, outliers.
+
+Each is one or two read-only scans of the table (and the ledger); none calls a provider, so a
+corruption of even one row is seen deterministically, not by luck of a sample.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from toolkit.phases.prepare import key_json
+from toolkit.phases.verification.options import CheckResult, VerifyOptions
+from toolkit.phases.verification.subject import Subject, template
+
+EXAMPLES = 10
+
+
+def _read(conn: psycopg.Connection, query: sql.Composable) -> list[tuple[Any, ...]]:
+    # Each check reads in its own short read-only transaction: nothing is written, and no snapshot
+    # is held across checks (a long snapshot would stop a running backfill's pages being pruned).
+    with conn.transaction():
+        conn.execute("SET TRANSACTION READ ONLY")
+        return conn.execute(query).fetchall()
+
+
+def _parts(subject: Subject) -> dict[str, sql.Composable]:
+    plan = subject.plan
+    return {"table": subject.table, "new": sql.Identifier("t", subject.new_column), "key": subject.key("t"),
+            "has_text": subject.has_text("t"), "ledger_key": key_json(plan, "t"),
+            "hash": plan.text_hash_expression("t"), "plan_id": sql.Literal(subject.record.id),
+            "limit": sql.Literal(EXAMPLES)}
+
+
+def coverage(conn: psycopg.Connection, subject: Subject, options: VerifyOptions) -> CheckResult:
+    parts = _parts(subject)
+    total, with_text, covered = _read(conn, template("verify_coverage", **parts))[0]
+    missing = with_text - covered
+    uncovered = [{"key": k, "ledger_state": s or "untracked", "skip_reason": r}
+                 for k, s, r in _read(conn, template("verify_uncovered", **parts))] if missing else []
+    skipped = [{"reason": reason, "rows": rows, "examples": examples} for reason, rows, examples in _read(
+        conn, template("verify_skipped", plan_id=parts["plan_id"], examples=sql.Literal(5)))]
+    fraction = covered / with_text if with_text else 1.0
+    skipped_rows = sum(s["rows"] for s in skipped)
+    summary = f"{covered}/{with_text} rows with text have a new vector"
+    if missing:
+        summary += f"; {missing} missing (e.g. {', '.join(u['key'] for u in uncovered[:3])})"
+    if skipped_rows:
+        summary += f"; {skipped_rows} skipped: " + ", ".join(f"{s['rows']} {s['reason']}" for s in skipped[:3])
+    return CheckResult("coverage", missing == 0, round(fraction, 6), 1.0, summary,
+                       {"rows_total": total, "rows_with_text": with_text, "rows_covered": covered,
+                        "rows_missing": missing, "rows_without_text": total - with_text, "missing_examples": uncovered,
+                        "skipped": skipped})
+
+
+def freshness(conn: psycopg.Connection, subject: Subject, options: VerifyOptions) -> CheckResult:
+    parts = _parts(subject)
+    done, pending, stale, untracked = _read(conn, template("verify_freshness", **parts))[0]
+    examples = [{"key": k, "embedded_before": at.isoformat()} for k, at in _read(conn, template("verify_stale", **parts))
+                ] if stale else []
+    problems = []
+    if stale:
+        problems.append(f"{stale} rows embedded from text they no longer have (e.g. "
+                        f"{', '.join(e['key'] for e in examples[:3])}): change tracking missed their update")
+    if pending:
+        problems.append(f"{pending} rows pending (run `reembed run {subject.plan.name}`)")
+    if untracked:
+        problems.append(f"{untracked} vectors with no ledger entry")
+    summary = "; ".join(problems) if problems else f"all {done} embedded rows match their current text and title"
+    return CheckResult("freshness", not problems, stale + pending + untracked, 0, summary,
+                       {"rows_done": done, "rows_stale": stale, "rows_pending": pending, "rows_untracked": untracked,
+                        "stale_examples": examples})
+
+
+def sanity(conn: psycopg.Connection, subject: Subject, options: VerifyOptions) -> CheckResult:
+    parts = {**_parts(subject), "dims": sql.Literal(subject.plan.dimensions),
+             "tolerance": sql.Literal(options.norm_tolerance)}
+    vectors, wrong_dims, non_finite, off_norm, min_norm, max_norm = _read(conn, template("verify_sanity", **parts))[0]
+    bad = [{"key": k, "dims": d, "norm": n} for k, d, n in _read(conn, template("verify_bad_norms", **parts))
+           ] if wrong_dims or off_norm or non_finite else []
+    groups = _read(conn, template("verify_duplicates", **parts))
+    duplicate_rows = int(groups[0][3]) if groups else 0
+    duplicates = [{"rows": rows, "keys": keys} for rows, keys, _, _ in groups]
+    problems = []
+    if wrong_dims:
+        problems.append(f"{wrong_dims} vectors not {subject.plan.dimensions}-dimensional")
+    if non_finite:
+        problems.append(f"{non_finite} vectors with non-finite values")
+    if off_norm:
+        problems.append(f"{off_norm} vectors with norm off 1 by more than {options.norm_tolerance:g} "
+                        f"(norms {min_norm:.4f}..{max_norm:.4f})")
+    if duplicate_rows > options.max_duplicates:
+        problems.append(f"{duplicate_rows} rows share a vector with a different text "
+                        f"(e.g. {', '.join(duplicates[0]['keys'])})")
+    summary = "; ".join(problems) if problems else (
+        f"{vectors} vectors: {subject.plan.dimensions} dims, finite, norm 1 ± {options.norm_tolerance:g}, "
+        "no vector shared by different texts")
+    return CheckResult("sanity", not problems, len(problems), 0, summary,
+                       {"vectors": vectors, "wrong_dims": wrong_dims, "non_finite": non_finite, "off_norm": off_norm,
+                        "min_norm": min_norm, "max_norm": max_norm, "norm_tolerance": options.norm_tolerance,
+                        "bad_examples": bad, "duplicate_rows": duplicate_rows,
+                        "max_duplicates": options.max_duplicates, "duplicate_groups": duplicates})
+
+
+def outliers(conn: psycopg.Connection, subject: Subject, options: VerifyOptions) -> CheckResult:
+    """Vectors that look like noise next to the rest of the corpus.
+
+    A random unit vector's cosine to any fixed direction is ~N(0, 1/dims); an embedding model's
+    vectors all lean toward their common direction (real models: cosine 0.3-0.8 to the centroid).
+    A row below `outlier_sigmas`/sqrt(dims) is indistinguishable from a random vector. The whole
+    corpus sitting near zero means the column as a whole looks like noise.
+    """
+    if options.outlier_sigmas == 0:
+        return CheckResult("outliers", True, None, "disabled", "disabled (--outlier-sigmas 0)", {})
+    band = options.outlier_sigmas / math.sqrt(subject.plan.dimensions)
+    parts = {**_parts(subject), "band": sql.Literal(band)}
+    count, median, lowest, examples = _read(conn, template("verify_outliers", **parts))[0]
+    evidence = {"band": round(band, 4), "median_cosine_to_centroid": median, "min_cosine_to_centroid": lowest,
+                "examples": examples or []}
+    if median is None:
+        return CheckResult("outliers", True, 0, options.max_outliers, "no vectors to judge", evidence)
+    if median < 2 * band:
+        return CheckResult(
+            "outliers", False, count, options.max_outliers,
+            f"the new vectors as a whole look like noise: median cosine to their centroid {median:.3f} is within "
+            f"2x the random band {band:.3f} (an isotropic model? pass --outlier-sigmas 0 to skip)", evidence)
+    summary = (f"{count} vectors look random (cosine to the corpus centroid below {band:.3f}; median {median:.3f}), "
+               f"e.g. {', '.join((examples or [])[:3])}" if count else
+               f"every vector leans toward the corpus centroid (min cosine {lowest:.3f}, median {median:.3f}, "
+               f"random band {band:.3f})")
+    return CheckResult("outliers", count <= options.max_outliers, count, options.max_outliers, summary, evidence)

@@ -1,0 +1,184 @@
+"""Verify: read-only gates that say, with evidence, whether the new column may replace the old.
+
+Shaped like the other phases: `check` refuses before reading anything heavy (nothing to
+verify yet, or a final phase); `run_verify` runs every check, stores the verdict with a
+fingerprint of the state it judged (`state_token`), and moves the plan to `verified` when all
+pass. There is no inverse: verify changes nothing in the user's table. `verification_gate` is
+what cutover asks: did the latest verification pass, and is the state still the one it judged?
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from toolkit.config import scrub
+from toolkit.db import Database
+from toolkit.errors import GateFailed
+from toolkit.phases.verification import agreement as agreement_check
+from toolkit.phases.verification import index_checks, model_checks, table_checks
+from toolkit.phases.verification.models import Model
+from toolkit.phases.verification.options import CheckResult, VerifyOptions
+from toolkit.phases.verification.subject import Subject, resolve, sample_rows
+from toolkit.plan import Plan, layout
+from toolkit.state import FINAL_PHASES, PlanRecord, log_event, set_phase
+
+# A passing verify moves these phases to `verified`; later phases (cut_over...) never move back.
+ADVANCES_FROM = ("backfilled", "indexed")
+
+
+@dataclass
+class VerifyResult:
+    plan: str
+    passed: bool
+    checks: list[CheckResult]
+    state_token: str
+    state: dict[str, Any]
+    verification_id: int
+    at: datetime
+    phase: str  # the plan's phase after verify
+    options: dict[str, Any]
+
+    @property
+    def failed(self) -> list[str]:
+        return [c.name for c in self.checks if not c.passed]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"passed": self.passed, "checks": [c.to_json() for c in self.checks], "plan": self.plan,
+                "phase": self.phase, "verification_id": self.verification_id, "at": self.at.isoformat(),
+                "state_token": self.state_token, "state": self.state, "options": self.options}
+
+
+# -- the state a verdict is about ----------------------------------------------------------------
+
+def state_snapshot(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> dict[str, Any]:
+    """What verify's verdict depends on, in a form independent of the phase (cutover renames the
+    column and index but keeps their attnum and oid): the ledger's counts and last change by
+    state, the new column's number, and the new index's oid and validity."""
+    names = layout(plan, record.phase)
+    ledger = {state: {"rows": rows, "last_change": last.isoformat() if last else None, "embeds": int(embeds or 0)}
+              for state, rows, last, embeds in conn.execute(
+                  "SELECT state, count(*), max(changed_at), sum(embed_count) FROM reembed.ledger "
+                  "WHERE plan_id = %s GROUP BY state ORDER BY state", (record.id,))}
+    column = conn.execute(
+        "SELECT a.attnum FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND a.attname = %s AND NOT a.attisdropped",
+        (plan.table_schema, plan.table_name, names.new)).fetchone()
+    index = None
+    if names.new_index:
+        row = conn.execute(
+            "SELECT c.oid, i.indisvalid, i.indisready FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+            (plan.table_schema, names.new_index)).fetchone()
+        index = {"oid": row[0], "valid": row[1], "ready": row[2]} if row else None
+    return {"plan_id": record.id, "ledger": ledger, "new_column_attnum": column[0] if column else None,
+            "new_index": index}
+
+
+def state_token(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> str:
+    """A fingerprint of the state verify judged; cutover compares it with the stored one."""
+    return _token_of(state_snapshot(conn, plan, record))
+
+
+def _token_of(snapshot: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def verification_gate(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> tuple[bool, str]:
+    """(True, note) when the latest verification passed and judged the current state; else (False, reason)."""
+    row = conn.execute(
+        "SELECT id, at, passed, state_token, result FROM reembed.verifications WHERE plan_id = %s "
+        "ORDER BY id DESC LIMIT 1", (record.id,)).fetchone()
+    if row is None:
+        return False, f"plan {plan.name!r} has not been verified: run `reembed verify {plan.name}`"
+    _, at, passed, token, result = row
+    when = at.isoformat(timespec="seconds")
+    if not passed:
+        failed = [c.get("name") for c in (result or {}).get("checks", []) if not c.get("passed")]
+        return False, (f"the latest verification of {plan.name!r} ({when}) failed: {', '.join(failed) or 'see it'}; "
+                       f"fix that and run `reembed verify {plan.name}` again")
+    current = state_token(conn, plan, record)
+    if current != token:
+        return False, (f"the migration changed since it was verified ({when}): rows were re-embedded, changed or "
+                       f"the index was rebuilt; run `reembed verify {plan.name}` again")
+    return True, f"verified {when}, state unchanged since"
+
+
+# -- check, action -------------------------------------------------------------------------------
+
+def check(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> Subject:
+    """Refuse what cannot be verified, before any heavy read."""
+    if record.phase in FINAL_PHASES:
+        raise GateFailed(f"plan {plan.name!r} is {record.phase}: there is nothing left to verify")
+    if record.phase == "planned":
+        raise GateFailed(f"plan {plan.name!r} is only planned: run `reembed run {plan.name}` first")
+    return resolve(conn, plan, record)
+
+
+def run_verify(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanRecord,
+               options: VerifyOptions) -> VerifyResult:
+    """Run every check (read-only on the user's table), store the verdict, advance the phase."""
+    subject = check(conn, plan, record)
+    snapshot = state_snapshot(conn, plan, record)  # before the checks: a change during verify voids the verdict
+    checks: list[CheckResult] = [
+        table_checks.coverage(conn, subject, options),
+        table_checks.freshness(conn, subject, options),
+        table_checks.sanity(conn, subject, options),
+        table_checks.outliers(conn, subject, options),
+    ]
+    sample = sample_rows(conn, subject, options.sample, options.seed)
+    checks.append(index_checks.index(conn, subject, options, sample))
+    checks.append(index_checks.ann_recall(conn, subject, options, sample))
+    target, source = _models(subject, options)
+    try:
+        checks.append(model_checks.fidelity(subject, options, sample, target))
+        checks.append(model_checks.self_retrieval(conn, subject, options, sample, target))
+        checks.append(agreement_check.agreement(conn, subject, options, sample, target, source))
+    finally:
+        target.close()
+        if source is not None:
+            source.close()
+    return _record(conn, plan, record, checks, snapshot, options)
+
+
+def _models(subject: Subject, options: VerifyOptions) -> tuple[Model, Model | None]:
+    from toolkit.providers.settings import ProviderSettings
+
+    settings = options.provider_settings or ProviderSettings.from_env()
+    plan = subject.plan
+    target = Model.build(plan.target_ref, plan.dimensions, settings)
+    source = None
+    if not options.no_source and subject.old_column is not None:
+        source = Model.build(plan.source_ref, subject.old_dimensions or plan.dimensions, settings)
+    return target, source
+
+
+def _record(conn: psycopg.Connection, plan: Plan, record: PlanRecord, checks: list[CheckResult],
+            snapshot: dict[str, Any], options: VerifyOptions) -> VerifyResult:
+    passed = all(c.passed for c in checks)
+    token = _token_of(snapshot)
+    result = json.loads(scrub(json.dumps({"passed": passed, "checks": [c.to_json() for c in checks],
+                                          "state": snapshot, "options": options.public()}, default=str)))
+    failed = [c.name for c in checks if not c.passed]
+    with conn.transaction():
+        row = conn.execute(
+            "INSERT INTO reembed.verifications (plan_id, passed, state_token, result) VALUES (%s, %s, %s, %s) "
+            "RETURNING id, at", (record.id, passed, token, Jsonb(result))).fetchone()
+        assert row is not None
+        message = "verify passed" if passed else f"verify failed: {', '.join(failed)}"
+        log_event(conn, record.id, "verify", message, {"verification_id": row[0], "failed": failed},
+                  phase=record.phase)
+        phase = record.phase
+        if passed and record.phase in ADVANCES_FROM:
+            set_phase(conn, record.id, "verified", f"verified: {len(checks)} checks passed",
+                      {"verification_id": row[0]})
+            phase = record.phase = "verified"
+    return VerifyResult(plan=plan.name, passed=passed, checks=checks, state_token=token, state=snapshot,
+                        verification_id=row[0], at=row[1], phase=phase, options=options.public())
