@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 100  # Gemini's per-request limit
 DEFAULT_LEASE_SECONDS = 300.0
+MAX_MALFORMED_STREAK = 3
 # Phases in which run moves the phase forward; later phases (indexed ... rolled_back) keep theirs.
 _BACKFILL_PHASES = ("planned", "prepared", "backfilling", "backfilled")
 
@@ -99,6 +100,7 @@ class Counters:
     provider_retries: int = 0
     truncated: int = 0
     batches: int = 0
+    malformed: int = 0  # provider answers refused (never written), their rows asked for again
 
     def add(self, other: "Counters") -> None:
         for name, value in asdict(other).items():
@@ -177,6 +179,7 @@ class Worker:
         try:
             writer = BatchWriter(conn, self.plan, self.record.id, self.owner, self.target_column)
             last_renew = time.monotonic()
+            malformed_streak = 0
             while True:
                 while not self.stop.is_set() and len(inflight) < self.options.concurrency:
                     batch = self._next_batch(conn, writer)
@@ -199,7 +202,29 @@ class Worker:
                                return_when=FIRST_COMPLETED)
                 for future in done:
                     batch = inflight.pop(future)
-                    self._write(writer, batch, future.result())
+                    try:
+                        result = future.result()
+                    except MalformedResponse as exc:
+                        # Never written; the rows go back to pending and are asked for again. A provider
+                        # that keeps answering garbage stops the run.
+                        ledger.release(conn, self.record.id, self.owner, batch.keys)
+                        self.counters.malformed += 1
+                        malformed_streak += 1
+                        log.warning("batch of %d rows not written: %s", len(batch.keys), exc)
+                        if malformed_streak >= MAX_MALFORMED_STREAK:
+                            raise MalformedResponse(f"{exc} ({malformed_streak} answers in a row were malformed; "
+                                                    "nothing malformed was written)") from None
+                        continue
+                    except BaseException:
+                        ledger.release(conn, self.record.id, self.owner, batch.keys)
+                        raise
+                    malformed_streak = 0
+                    try:
+                        self._write(writer, batch, result)
+                    except BaseException:
+                        if not conn.closed:
+                            ledger.release(conn, self.record.id, self.owner, batch.keys)
+                        raise
                 if time.monotonic() - last_renew > self.options.lease_seconds / 3:
                     held = [k for b in inflight.values() for k in b.keys]
                     ledger.renew(conn, self.record.id, self.owner, held, self.options.lease_seconds)

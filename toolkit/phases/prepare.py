@@ -36,6 +36,7 @@ T = TypeVar("T")
 DDL_LOCK_TIMEOUT_MS = 200
 DDL_RETRIES = 10
 _BACKOFF_CAP_S = 5.0
+_PREPARE_LOCK = 0x7265_656D  # advisory lock class of prepare ("reem"); the second key is the plan id
 _STORAGE = {"p": "PLAIN", "e": "EXTERNAL", "m": "MAIN", "x": "EXTENDED"}
 
 
@@ -176,6 +177,18 @@ def prepare(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *,
 
     Returns False when the plan was prepared already (nothing done). Only the plan's phase
     says "prepared": every step before it is safe to repeat."""
+    # Two `reembed run` started at once would both prepare: one does it, the other waits here and
+    # then finds it done. A session lock, so no transaction stays open while the ledger is seeded.
+    conn.execute("SELECT pg_advisory_lock(%s, %s)", (_PREPARE_LOCK, record.id))
+    try:
+        record.phase = conn.execute("SELECT phase FROM reembed.plans WHERE id = %s", (record.id,)).fetchone()[0]
+        return _prepare_locked(conn, plan, record, lock_timeout_ms, retries)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_PREPARE_LOCK, record.id))
+
+
+def _prepare_locked(conn: psycopg.Connection, plan: Plan, record: PlanRecord, lock_timeout_ms: int,
+                    retries: int) -> bool:
     state = check(conn, plan, record)
     if record.phase != "planned" and tracking_installed(conn, plan, record.id):
         return False
