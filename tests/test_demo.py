@@ -1,0 +1,105 @@
+"""`reembed demo` end to end on the test's database, with the emulators, small."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import psycopg
+import pytest
+
+from tables import create_docs
+from toolkit.demo.providers import EMULATOR_KEY
+from toolkit.emulators import expected_vector
+
+ROWS = "300"
+STEPS = ("inspect", "plan", "run", "index", "verify", "cutover")
+
+
+@pytest.fixture()
+def demo(run_cli):  # type: ignore[no-untyped-def]
+    def invoke(*extra: str):  # type: ignore[no-untyped-def]
+        return run_cli("demo", "--rows", ROWS, "--emulators", *extra)
+
+    return invoke
+
+
+def _sql_lines(stdout: str) -> list[str]:
+    return [line.split("SQL:", 1)[1].strip() for line in stdout.splitlines() if line.strip().startswith("SQL:")]
+
+
+def test_demo_runs_the_whole_lifecycle_and_the_sql_text_does_not_change(demo, conn: psycopg.Connection,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")  # a user's setting the demo must restore
+    result = demo()
+    assert result.exit_code == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+
+    for step in STEPS:  # each lifecycle command was shown as typed, then ran
+        assert re.search(rf"^\$ reembed {step} ", out, re.MULTILINE), step
+    assert "verify reembed-demo: PASSED" in out
+    assert "NOT DONE" not in out and "(failed in" not in out
+    sql_before, sql_after = _sql_lines(out)
+    assert sql_before == sql_after and "ORDER BY \"embedding\" <=> $1" in sql_before
+    assert "SQL text before and after cutover: IDENTICAL" in out
+    assert re.search(r"the table was locked for \d+\.\d ms", out)
+    assert out.count("EMULATED") >= 2 and "emulated: Ollama nomic-embed-text, Gemini gemini-embedding-001" in out
+    assert EMULATOR_KEY not in out + result.stderr
+
+    # The database agrees with the narration.
+    phase, plan_id = conn.execute("SELECT phase, id FROM reembed.plans WHERE name = 'reembed-demo'").fetchone()
+    assert phase == "cut_over"
+    lock_ms = conn.execute("SELECT lock_ms FROM reembed.swaps WHERE plan_id = %s AND direction = 'cutover'",
+                           (plan_id,)).fetchone()[0]
+    assert f"{lock_ms:.1f} ms" in out
+    assert conn.execute("SELECT passed FROM reembed.verifications WHERE plan_id = %s ORDER BY id DESC LIMIT 1",
+                        (plan_id,)).fetchone()[0] is True
+    assert conn.execute("SELECT count(*) FROM reembed_demo.passages").fetchone()[0] == int(ROWS)
+    # `embedding` now holds the target's document vectors; the source's sit in the old column.
+    row_id, title, content, new, old = conn.execute(
+        "SELECT id, title, content, embedding, embedding__old_nomic_embed_text FROM reembed_demo.passages "
+        "ORDER BY id LIMIT 1").fetchone()
+    np.testing.assert_allclose(new.to_numpy(), expected_vector(
+        "gemini:gemini-embedding-001", content, task_type="RETRIEVAL_DOCUMENT", title=title, dimensions=768), atol=1e-5)
+    np.testing.assert_allclose(old.to_numpy(), expected_vector(
+        "ollama:nomic-embed-text", content, task_type="RETRIEVAL_DOCUMENT", dimensions=768), atol=1e-5)
+    # Real text from Python's own documentation, not generated filler.
+    assert conn.execute("SELECT count(*) FROM reembed_demo.passages WHERE content ILIKE '%%exception%%'").fetchone()[0] > 0
+    # The environment the demo changed is back as it was.
+    assert os.environ["OLLAMA_HOST"] == "http://127.0.0.1:9"
+    assert "GOOGLE_API_KEY" not in os.environ and "REEMBED_GEMINI_BASE_URL" not in os.environ
+
+
+def test_running_it_again_is_harmless_and_touches_nothing_else(demo, run_cli, conn: psycopg.Connection) -> None:  # type: ignore[no-untyped-def]
+    create_docs(conn, 20)
+    assert run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--offline", "--name",
+                   "users-plan").exit_code == 0
+    first = demo()
+    assert first.exit_code == 0, first.stderr[-2000:]
+    first_id = conn.execute("SELECT id FROM reembed.plans WHERE name = 'reembed-demo'").fetchone()[0]
+    second = demo()
+    assert second.exit_code == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert "removed the previous demo run (plan reembed-demo" in second.stdout
+    plans = conn.execute("SELECT name, phase FROM reembed.plans ORDER BY id").fetchall()
+    assert plans[0] == ("users-plan", "planned") and [p[0] for p in plans].count("reembed-demo") == 1
+    # The first run's change-tracking function (in schema reembed) went with its plan.
+    assert conn.execute("SELECT to_regproc(%s)", (f"reembed.track_{first_id}",)).fetchone()[0] is None
+    assert conn.execute("SELECT count(*) FROM reembed.ledger l JOIN reembed.plans p ON p.id = l.plan_id "
+                        "WHERE p.name = 'reembed-demo'").fetchone()[0] == int(ROWS)
+    assert conn.execute("SELECT count(*) FROM public.docs").fetchone()[0] == 20
+
+
+def test_a_schema_of_the_same_name_it_did_not_create_is_refused(demo, conn: psycopg.Connection) -> None:  # type: ignore[no-untyped-def]
+    conn.execute("CREATE SCHEMA reembed_demo")
+    conn.execute("CREATE TABLE reembed_demo.mine (id int)")
+    result = demo()
+    assert result.exit_code == 2
+    assert "was not created by `reembed demo`" in result.stderr
+    assert conn.execute("SELECT to_regclass('reembed_demo.mine')").fetchone()[0] is not None
+
+
+def test_rows_out_of_range_is_bad_input(run_cli) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("demo", "--rows", "5", "--emulators")
+    assert result.exit_code == 2 and "--rows" in result.stderr
