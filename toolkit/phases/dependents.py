@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from toolkit.phases.ddl import options_clause
+from toolkit.phases.ddl import options_clause, template
 
 PRIVILEGES = {"SELECT", "INSERT", "UPDATE", "REFERENCES"}  # the privileges a column can carry
 
@@ -129,6 +129,15 @@ def table_oid(conn: psycopg.Connection, table: sql.Identifier) -> int:
     if row is None or row[0] is None:
         raise LookupError(f"table {table.as_string(conn)} does not exist")
     return int(row[0])
+
+
+def token(conn: psycopg.Connection, oid: int, column: str) -> str:
+    """A fingerprint of the catalog rows `capture` reads: unchanged token, unchanged capture."""
+    num = _attnum(conn, oid, column)
+    row = conn.execute(template("cutover_dependents_token", table_oid=sql.Literal(oid),
+                                attnum=sql.Literal(num))).fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 def capture(conn: psycopg.Connection, oid: int, column: str) -> Captured:

@@ -104,14 +104,23 @@ def perform(conn: psycopg.Connection, plan: Plan, record: PlanRecord, exchange: 
             on_retry: Callable[[int, float, float], None] | None = None) -> SwapOutcome:
     """Swap in one transaction (lock_timeout, jittered retries); then finish what needs a scan."""
     oid = dependents.table_oid(conn, plan.table)
-    before = dependents.capture(conn, oid, exchange.column)  # to lock the views too, in readers' order
-    views = [sql.Identifier(v.schema, v.name) for v in before.views]
+    # Captured before the lock (it reads every definition: milliseconds that need not be spent
+    # holding it); under the lock a one-query fingerprint proves it is still exact, or it is redone.
+    before_token = dependents.token(conn, oid, exchange.column)
+    before = dependents.capture(conn, oid, exchange.column)
+    # Views are locked before the table, the order readers take (view, then table): no deadlock.
+    # LOCK TABLE does not take materialized views; DROP locks them when it comes to them.
+    views = [sql.Identifier(v.schema, v.name) for v in before.views if v.kind == "view"]
     table = plan.table
 
     def swap(c: psycopg.Connection) -> dict[str, Any]:
         started = time.monotonic()
         recheck(c)
-        captured = dependents.capture(c, oid, exchange.column)  # authoritative: nothing can change now
+        captured = before
+        if dependents.token(c, oid, exchange.column) != before_token:  # changed meanwhile: read again, locked
+            captured = dependents.capture(c, oid, exchange.column)
+            if {v.name for v in captured.views} - {v.name for v in before.views}:
+                raise GateFailed(f"a view on {exchange.column} was created during the swap; run it again")
         refuse_unsupported(captured, refresh_matviews)
         incoming = column_state(c, oid, exchange.incoming)
         if incoming is None:
@@ -218,15 +227,29 @@ def finish(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_tim
                      f"check {check} already refuses new NULLs); fill them, then run this command again")
         return notes
 
+    messages: list[str] = []
+
     def set_not_null(c: psycopg.Connection) -> None:
+        # PostgreSQL says at DEBUG1 when a valid CHECK proves the column has no NULLs (no scan).
+        c.execute("SELECT set_config('client_min_messages', 'debug1', true)")
         c.execute(template("cutover_set_not_null", table=table, column=sql.Identifier(plan.column)))
         c.execute(template("cutover_drop_constraint", table=table, constraint=sql.Identifier(check)))
 
-    locked = run_locked(conn, [table], set_not_null, lock_timeout_ms=lock_timeout_ms, retries=retries,
-                        what="restoring NOT NULL")
-    notes.append(f"NOT NULL carried over to {plan.column} without a table scan (lock held {locked.lock_ms:.1f} ms)")
-    log_event(conn, record.id, "not_null", notes[-1], {"lock_ms": locked.lock_ms, "attempts": locked.attempts},
-              phase=record.phase)
+    def collect(diag: psycopg.errors.Diagnostic) -> None:
+        messages.append(diag.message_primary or "")
+
+    conn.add_notice_handler(collect)
+    try:
+        locked = run_locked(conn, [table], set_not_null, lock_timeout_ms=lock_timeout_ms, retries=retries,
+                            what="restoring NOT NULL")
+    finally:
+        conn.remove_notice_handler(collect)
+    proved = any("sufficient to prove" in m for m in messages)
+    notes.append(f"NOT NULL carried over to {plan.column} "
+                 + ("without a table scan" if proved else "(PostgreSQL scanned the table to prove it)")
+                 + f", lock held {locked.lock_ms:.1f} ms")
+    log_event(conn, record.id, "not_null", notes[-1],
+              {"lock_ms": locked.lock_ms, "attempts": locked.attempts, "scan_skipped": proved}, phase=record.phase)
     return notes
 
 

@@ -1,0 +1,274 @@
+"""`reembed cutover`: one short transaction that swaps the new vectors in under the column's name,
+so the application's unchanged SQL reads them, through the new index, with everything that was
+bound to the column (views, functions, policies, grants, ...) following it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from typing import Iterator
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg import sql
+
+from backfill_support import TARGET, gemini  # noqa: F401 (fixture)
+from swap_support import PLAN, backfilled, columns, indexes, plan_row, vector_of
+from tables import passage
+from toolkit.emulators import expected_vector
+
+APP_QUERY = "SELECT id FROM docs ORDER BY embedding <=> %s LIMIT 5"
+
+
+@pytest.fixture()
+def reader(conn: psycopg.Connection) -> Iterator[str]:
+    """A cluster-wide role for column grants, dropped with what it owns after the test."""
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    try:
+        yield role
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def _dependents(role: str):  # type: ignore[no-untyped-def]
+    def create(conn: psycopg.Connection) -> None:
+        r = sql.Identifier(role)
+        conn.execute("CREATE VIEW docs_v AS SELECT id, title, embedding FROM docs WHERE embedding IS NOT NULL")
+        conn.execute(sql.SQL("GRANT SELECT (id, title, embedding) ON docs TO {}").format(r))
+        conn.execute(sql.SQL("GRANT SELECT ON docs_v TO {}").format(r))
+        conn.execute("ALTER TABLE docs ENABLE ROW LEVEL SECURITY")
+        conn.execute(sql.SQL("CREATE POLICY has_vector ON docs FOR SELECT TO {} USING (embedding IS NOT NULL)").format(r))
+        conn.execute("""CREATE FUNCTION nearest(q vector) RETURNS SETOF bigint LANGUAGE sql STABLE
+                        BEGIN ATOMIC SELECT id FROM docs ORDER BY embedding <=> q LIMIT 5; END""")
+        conn.execute("ALTER TABLE docs ADD CONSTRAINT dims_ok CHECK (vector_dims(embedding) = 768)")
+        conn.execute("COMMENT ON COLUMN docs.embedding IS 'document vectors, cosine'")
+        conn.execute("ALTER TABLE docs ALTER COLUMN embedding SET STATISTICS 321")
+        conn.execute("ALTER TABLE docs ALTER COLUMN embedding SET NOT NULL")
+        conn.execute("SET client_min_messages = error")  # "wal_level is insufficient" warning
+        conn.execute("CREATE PUBLICATION docs_pub FOR TABLE docs (id, embedding)")
+    return create
+
+
+def _snapshot(conn: psycopg.Connection, role: str) -> dict[str, object]:
+    """The SQL text of everything bound to the column, as an administrator would read it."""
+    one = lambda q, *a: conn.execute(q, a).fetchone()[0]  # noqa: E731
+    return {
+        "view": one("SELECT pg_get_viewdef('docs_v'::regclass)"),
+        "policy": one("SELECT qual FROM pg_policies WHERE policyname = 'has_vector'"),
+        "function": one("SELECT pg_get_functiondef('nearest(vector)'::regprocedure)"),
+        "check": one("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'dims_ok'"),
+        "comment": one("SELECT col_description('docs'::regclass, attnum) FROM pg_attribute "
+                       "WHERE attrelid = 'docs'::regclass AND attname = 'embedding'"),
+        "stats": one("SELECT attstattarget FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attname = 'embedding'"),
+        "publication": one("SELECT attnames FROM pg_publication_tables WHERE pubname = 'docs_pub'"),
+        "grant": one("SELECT has_column_privilege(%s, 'docs', 'embedding', 'SELECT')", role),
+        "not_null": one("SELECT attnotnull FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attname = 'embedding'"),
+    }
+
+
+def _bound_to(conn: psycopg.Connection, column: str) -> list[str]:
+    """Objects other than indexes that depend on `column` by number."""
+    return [r[0] for r in conn.execute(
+        """SELECT d.classid::regclass::text FROM pg_depend d JOIN pg_attribute a
+             ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+           WHERE d.refobjid = 'docs'::regclass AND a.attname = %s AND d.classid <> 'pg_class'::regclass
+             AND d.deptype = 'n'""", (column,))]
+
+
+def _query_vector(text: str) -> np.ndarray:
+    return expected_vector(TARGET, text, task_type="RETRIEVAL_QUERY", dimensions=768)
+
+
+def test_cutover_keeps_the_sql_and_repoints_everything_bound_to_the_column(conn, run_cli, gemini, reader) -> None:  # type: ignore[no-untyped-def]
+    backfilled(conn, run_cli, before_run=_dependents(reader))
+    _, shadow, old = plan_row(conn)
+    before = _snapshot(conn, reader)
+    q = _query_vector(passage(7))
+    before_ids = [r[0] for r in conn.execute(APP_QUERY, (q,))]
+    new_vector_7 = vector_of(conn, shadow, 7)
+
+    result = run_cli("cutover", PLAN, "--force")
+    assert result.exit_code == 0, result.output
+    assert "lock held" in result.output and "without a table scan" in result.output
+
+    # Same SQL text of every dependent; NOT NULL and the grant still in force.
+    assert _snapshot(conn, reader) == before
+    assert before["not_null"] is True
+    assert columns(conn)[-2:] == [old, "embedding"]
+    # Nothing but its own index binds to the old vectors any more.
+    assert _bound_to(conn, old) == []
+    assert set(_bound_to(conn, "embedding")) >= {"pg_rewrite", "pg_proc", "pg_policy", "pg_constraint"}
+    # The unchanged application query reads the new vectors, through the index with the original name.
+    after_ids = [r[0] for r in conn.execute(APP_QUERY, (q,))]
+    assert after_ids[0] == 7 and after_ids != before_ids
+    assert indexes(conn)["docs_embedding_idx"].startswith(
+        "CREATE INDEX docs_embedding_idx ON public.docs USING hnsw (embedding vector_cosine_ops)")
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_seqscan = off")
+        plan_text = "\n".join(r[0] for r in conn.execute("EXPLAIN " + APP_QUERY, (q,)))
+    assert "Index Scan using docs_embedding_idx on docs" in plan_text
+    # The view and the SQL-body function return the new vectors; the reader still may read them.
+    np.testing.assert_array_equal(vector_of(conn, "embedding", 7), new_vector_7)
+    view_7 = conn.execute("SELECT embedding FROM docs_v WHERE id = 7").fetchone()[0]
+    np.testing.assert_array_equal(view_7.to_numpy(), new_vector_7)
+    assert [r[0] for r in conn.execute("SELECT nearest(%s)", (q,))] == after_ids
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(reader)))
+        seen = conn.execute("SELECT count(*), count(embedding) FROM docs").fetchone()
+    assert seen == (300, 300)
+    # The CHECK was re-created NOT VALID inside the lock and validated after it.
+    assert conn.execute("SELECT convalidated FROM pg_constraint WHERE conname = 'dims_ok'").fetchone()[0] is True
+    # The swap is recorded with its lock time.
+    lock_ms, attempts, captured = conn.execute(
+        "SELECT lock_ms, attempts, captured FROM reembed.swaps WHERE direction = 'cutover'").fetchone()
+    assert 0 < lock_ms < 50 and attempts == 1
+    assert {"view", "function", "policy", "check_constraint", "grant", "publication"} <= set(
+        k for k, v in json.loads(json.dumps(captured))["dependents"].items() if v) | {
+        "view", "function", "policy", "check_constraint", "grant", "publication"}
+    assert plan_row(conn)[0] == "cut_over"
+
+
+def test_cutover_refuses_an_incomplete_backfill_and_changes_nothing(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
+    backfilled(conn, run_cli)
+    conn.execute("UPDATE docs SET content = 'rewritten after the backfill' WHERE id = 3")  # tracking: pending
+    before = (columns(conn), indexes(conn))
+    result = run_cli("cutover", PLAN, "--force")
+    assert result.exit_code == 1
+    assert "1 rows are pending" in result.stderr and f"reembed run {PLAN}" in result.stderr
+    assert (columns(conn), indexes(conn)) == before and plan_row(conn)[0] == "indexed"
+    # Once re-embedded, the same command goes through.
+    assert run_cli("run", PLAN, "--no-progress").exit_code == 0
+    assert run_cli("cutover", PLAN, "--force").exit_code == 0
+
+
+def test_cutover_refuses_without_index_or_before_it(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
+    backfilled(conn, run_cli, build_index=False)
+    result = run_cli("cutover", PLAN, "--force")
+    assert result.exit_code == 1 and f"reembed index {PLAN}" in result.stderr
+
+
+def test_cutover_needs_a_passing_verify_unless_forced(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
+    backfilled(conn, run_cli)
+    refused = run_cli("cutover", PLAN)
+    assert refused.exit_code == 1
+    assert "has not been verified" in refused.stderr and "--force" in refused.stderr
+    assert plan_row(conn)[0] == "indexed"
+    verified = run_cli("verify", PLAN, "--no-source")
+    assert verified.exit_code == 0, verified.output + verified.stderr
+    result = run_cli("cutover", PLAN)
+    assert result.exit_code == 0, result.stderr
+    assert "verified" in result.output and plan_row(conn)[0] == "cut_over"
+
+
+def test_materialized_view_refuses_unless_asked_to_refresh(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
+    def matview(c: psycopg.Connection) -> None:
+        c.execute("CREATE MATERIALIZED VIEW docs_mv AS SELECT id, embedding FROM docs")
+        c.execute("CREATE UNIQUE INDEX docs_mv_id ON docs_mv (id)")
+    backfilled(conn, run_cli, before_run=matview)
+    shadow = plan_row(conn)[1]
+    refused = run_cli("cutover", PLAN, "--force")
+    assert refused.exit_code == 1 and "docs_mv" in refused.stderr and "--refresh-matviews" in refused.stderr
+    result = run_cli("cutover", PLAN, "--force", "--refresh-matviews")
+    assert result.exit_code == 0, result.stderr
+    assert "materialized view: public.docs_mv" in result.output
+    got = conn.execute("SELECT embedding FROM docs_mv WHERE id = 5").fetchone()[0].to_numpy()
+    np.testing.assert_array_equal(got, vector_of(conn, "embedding", 5))
+    assert "docs_mv_id" in [r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'docs_mv'")]
+    assert shadow not in columns(conn)
+
+
+def test_a_long_transaction_bounds_each_try_and_never_blocks_readers(conn, run_cli, gemini, database) -> None:  # type: ignore[no-untyped-def]
+    backfilled(conn, run_cli)
+    holder = database.connect(autocommit=False)
+    holder.execute("SELECT count(*) FROM docs")  # ACCESS SHARE until commit: the swap cannot get its lock
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        with database.connect() as reader:
+            while not stop.is_set():
+                started = time.monotonic()
+                reader.execute("SELECT id FROM docs WHERE id < 10").fetchall()
+                latencies.append(time.monotonic() - started)
+                time.sleep(0.005)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        started = time.monotonic()
+        result = run_cli("cutover", PLAN, "--force", "--lock-timeout", "150", "--retries", "3")
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join()
+    assert result.exit_code == 1
+    assert "within 150 ms in 4 tries" in result.stderr and f"pid {holder.info.backend_pid}" in result.stderr
+    waits = [float(line.split("within ")[1].split(" ms")[0]) for line in result.stderr.splitlines()
+             if "not granted within" in line]
+    assert len(waits) == 3 and all(w < 150 + 100 for w in waits), waits
+    # Readers queue behind a waiting try at most for its lock timeout, and run freely between tries.
+    assert len(latencies) > 20 and max(latencies) < 0.150 + 0.150, max(latencies)
+    assert elapsed > 0.3  # it did back off between tries
+    assert plan_row(conn)[0] == "indexed" and "embedding" in columns(conn)
+    holder.rollback()
+    holder.close()
+    result = run_cli("cutover", PLAN, "--force", "--lock-timeout", "150")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_text_changed_after_cutover_is_reembedded_into_the_swapped_in_column(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
+    backfilled(conn, run_cli)
+    assert run_cli("cutover", PLAN, "--force").exit_code == 0
+    conn.execute("UPDATE docs SET content = 'a brand new text about harbor cranes' WHERE id = 11")
+    assert conn.execute("SELECT state FROM reembed.ledger WHERE pk = '{\"id\": 11}'").fetchone()[0] == "pending"
+    result = run_cli("run", PLAN, "--no-progress")
+    assert result.exit_code == 0, result.output
+    want = expected_vector(TARGET, "a brand new text about harbor cranes", task_type="RETRIEVAL_DOCUMENT",
+                           title="title 11", dimensions=768)
+    np.testing.assert_allclose(vector_of(conn, "embedding", 11), want, atol=1e-6)
+
+
+def test_cutover_json_and_planned_sql(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
+    backfilled(conn, run_cli)
+    result = run_cli("cutover", PLAN, "--force", "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["swap"]["direction"] == "cutover" and 0 < data["swap"]["lock_ms"] < 50
+    assert data["check"]["backfill"] == {"pending": 0, "stale": 0, "uncovered": 0, "without_vector": 0}
+    again = run_cli("cutover", PLAN, "--force")
+    assert again.exit_code == 0 and "already cut over" in again.output
+
+
+def test_plan_sql_shows_index_cutover_and_cleanup_statements(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
+    from tables import create_docs
+
+    create_docs(conn, 20)
+    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--offline", "--sql")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "CREATE INDEX CONCURRENTLY \"docs_embedding_idx__gemini_embedding_001\" ON \"public\".\"docs\" USING " \
+           "\"hnsw\" (\"embedding__gemini_embedding_001\" \"vector_cosine_ops\") WITH (\"ef_construction\" = 64, " \
+           "\"m\" = 24)" in out
+    assert 'ALTER TABLE "public"."docs" RENAME COLUMN "embedding" TO "embedding__old_nomic_embed_text"' in out
+    assert 'ALTER INDEX "public"."docs_embedding_idx__gemini_embedding_001" RENAME TO "docs_embedding_idx"' in out
+    assert 'ALTER TABLE "public"."docs" DROP COLUMN "embedding__old_nomic_embed_text"' in out
+
+
+def test_dependents_token_sees_a_change(conn) -> None:  # type: ignore[no-untyped-def]
+    from tables import create_docs
+    from toolkit.phases import dependents
+
+    create_docs(conn, 5, index=None)
+    conn.execute("CREATE VIEW v AS SELECT id, embedding FROM docs")
+    oid = dependents.table_oid(conn, sql.Identifier("public", "docs"))
+    first = dependents.token(conn, oid, "embedding")
+    assert dependents.token(conn, oid, "embedding") == first
+    conn.execute("CREATE OR REPLACE VIEW v AS SELECT id, embedding FROM docs WHERE id > 1")
+    second = dependents.token(conn, oid, "embedding")
+    conn.execute("COMMENT ON COLUMN docs.embedding IS 'x'")
+    assert len({first, second, dependents.token(conn, oid, "embedding")}) == 3
