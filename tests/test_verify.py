@@ -11,9 +11,9 @@ from psycopg import sql
 
 from toolkit.phases.verification.options import VerifyOptions
 from toolkit.phases.verify import run_verify, verification_gate
-from verify_support import ROWS, migrated, provider_env, providers, random_vectors  # noqa: F401  (fixtures)
+from verify_support import ROWS, migrated, random_vectors, verify_emulators, verify_env  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.usefixtures("provider_env")
+pytestmark = pytest.mark.usefixtures("verify_env")
 
 
 def verify(m, **options):  # type: ignore[no-untyped-def]
@@ -27,8 +27,6 @@ def test_clean_migration_passes(conn, run_cli) -> None:  # type: ignore[no-untyp
     m = migrated(conn, run_cli, empty=[3, 7])
     result = verify(m)
     by_name = {c.name: c for c in result.checks}
-    for c in result.checks:
-        print(c.name, c.passed, c.value, c.summary)
     assert result.passed, [(c.name, c.summary) for c in result.checks if not c.passed]
     assert result.phase == "verified"
     assert by_name["coverage"].evidence["skipped"][0]["reason"] == "empty text"

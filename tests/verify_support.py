@@ -42,7 +42,8 @@ def old_vectors(texts: Sequence[str]) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def providers() -> Iterator[tuple[str, str]]:
+def verify_emulators() -> Iterator[tuple[str, str]]:
+    """One Gemini and one Ollama emulator for a whole test module (each test points the env at them)."""
     gemini, ollama = start_gemini(), start_ollama()
     try:
         yield gemini.base_url, ollama.base_url
@@ -52,14 +53,16 @@ def providers() -> Iterator[tuple[str, str]]:
 
 
 @pytest.fixture()
-def provider_env(providers: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
-    gemini, ollama = providers
+def verify_env(verify_emulators: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    gemini, ollama = verify_emulators
     monkeypatch.setenv("GOOGLE_API_KEY", "verify-test-key")
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", gemini)
     monkeypatch.delenv("REEMBED_GEMINI_BASE_URL", raising=False)
     monkeypatch.setenv("OLLAMA_HOST", ollama)
-    return providers
+    for name in ("GOOGLE_GENAI_USE_VERTEXAI", "REEMBED_RPM", "REEMBED_TPM", "REEMBED_TIMEOUT", "REEMBED_CONCURRENCY"):
+        monkeypatch.delenv(name, raising=False)
+    return verify_emulators
 
 
 @dataclass
@@ -114,6 +117,12 @@ def migrated(conn: psycopg.Connection, run_cli, rows: int = ROWS, *, empty: Sequ
     conn.execute("ANALYZE docs")
     set_phase(conn, record.id, "indexed", "index built by the test")
     return Migration(*load(conn, plan.name), conn=conn)
+
+
+def table_checksum(conn: psycopg.Connection) -> str:
+    """Changes with any write to docs (every row version has a new xmin/ctid)."""
+    return conn.execute("SELECT md5(string_agg(t::text || t.xmin::text || t.ctid::text, ',' ORDER BY id)) "
+                        "FROM docs t").fetchone()[0]  # type: ignore[index]
 
 
 def random_vectors(n: int, seed: int) -> np.ndarray:
