@@ -9,14 +9,15 @@ from toolkit.errors import BadInput
 
 
 @cli.command()
-@click.option("--rows", type=int, default=2500, show_default=True,
-              help="Passages to load (real text shipped with Python; up to a few thousand).")
+@click.option("--rows", type=int, default=None,
+              help="Passages to load (real text shipped with Python). Default: 2500; 200 when the real Gemini "
+                   "API is used (its free tier takes 100 texts a minute).")
 @click.option("--emulators", "force_emulators", is_flag=True,
               help="Use the local Gemini and Ollama emulators even when an API key or a real Ollama is there.")
 @click.option("--query", default=None, metavar="TEXT", help="The example question asked before and after cutover.")
 @dsn_option
 @handle_errors
-def demo(rows: int, force_emulators: bool, query: str | None, dsn: str | None) -> None:
+def demo(rows: int | None, force_emulators: bool, query: str | None, dsn: str | None) -> None:
     """Show the whole lifecycle on a small RAG store, with nothing to set up.
 
     \b
@@ -35,6 +36,6 @@ def demo(rows: int, force_emulators: bool, query: str | None, dsn: str | None) -
     from toolkit.demo import DemoOptions, run_demo
     from toolkit.demo.run import DEFAULT_QUERY
 
-    if not 50 <= rows <= 5000:
+    if rows is not None and not 50 <= rows <= 5000:
         raise BadInput(f"--rows must be between 50 and 5000, not {rows}")
     run_demo(DemoOptions(dsn=dsn, rows=rows, force_emulators=force_emulators, query=query or DEFAULT_QUERY))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +29,7 @@ from toolkit.providers.base import ModelRef
 
 PLAN_NAME = "reembed-demo"
 DEFAULT_ROWS = 2500
+REAL_GEMINI_ROWS = 200  # the free tier takes 100 texts a minute; verify re-embeds a sample on top
 DEFAULT_QUERY = "catch an exception with try, except and finally"
 TOP_K = 5
 # The lifecycle, as a user types it. {plan} and {file} are filled in; each must be a `reembed` command.
@@ -52,7 +53,7 @@ LIFECYCLE: tuple[tuple[str, str, list[str]], ...] = (
 @dataclass
 class DemoOptions:
     dsn: str | None = None
-    rows: int = DEFAULT_ROWS
+    rows: int | None = None  # None: DEFAULT_ROWS, or REAL_GEMINI_ROWS against the real Gemini API
     force_emulators: bool = False
     query: str = DEFAULT_QUERY
 
@@ -98,13 +99,18 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = click.echo) -> 
     with DemoProviders(force_emulators=options.force_emulators) as providers, \
             tempfile.TemporaryDirectory(prefix="reembed-demo-") as workdir:
         result.emulated = [line for line in providers.describe() if "EMULATED" in line]
+        if options.rows is None:
+            options = replace(options, rows=DEFAULT_ROWS if providers.target_emulated else REAL_GEMINI_ROWS)
         narrator.banner([
             "reembed demo: re-embed a live pgvector table with a new model, without changing its SQL",
             f"database:  {db.describe()} (schema {store.SCHEMA} only; dropped and recreated by every run)",
             *[f"model:     {line}" for line in providers.describe()],
         ])
-        if providers.any_real:
-            echo("note: a real provider is used for part of this run; it may take longer and use your quota.")
+        if not providers.target_emulated:
+            echo(f"note: the real Gemini API embeds {options.rows} rows plus verify's sample: this uses your quota "
+                 "and, on the free tier (100 texts a minute), takes a few minutes. `--emulators` avoids it.")
+        elif providers.any_real:
+            echo("note: a real Ollama embeds the demo table; that takes longer than the emulator.")
 
         conn = db.connect()
         try:
