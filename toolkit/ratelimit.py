@@ -2,20 +2,25 @@
 
 What it decides, for every HTTP request an embedder makes:
 
-* **Pace.** Two per-minute budgets: texts (the Gemini free tier counts every text of a
-  batch as one request) and estimated tokens. Given caps (`rpm`, `tpm`) are hard: requests
-  are spaced evenly at the cap *and* a sliding 60 s log guarantees that no window of 60 s
-  ever holds more. Without caps there is no fixed pace: the first 429 sets one at half the
-  rate we were actually achieving (multiplicative decrease), successes raise it slowly
-  (additive increase, +25% of that level per minute), and once it has grown far past what
-  we really send it is dropped again (AIMD, like TCP).
-* **429.** The server's RetryInfo.retryDelay (the provider module parses it) opens a
-  *shared* backoff window: every thread waits until it closes, not just the one that got
-  the 429, and one burst of concurrent 429s decreases the pace once, not once per thread.
-* **5xx, resets, timeouts.** Exponential backoff with full jitter, also through the shared
-  window (its exponent grows with consecutive failures across all threads and resets on
-  the first success), bounded by `max_attempts` per request. Together with the
-  concurrency bound this is what keeps us from a retry storm.
+* **Hard caps** (`rpm`, `tpm`, when given): two budgets per window (a minute): texts (the
+  Gemini free tier counts every text of a batch as one request) and estimated tokens.
+  Requests are spaced evenly at the cap *and* a sliding-window log guarantees that no
+  window ever holds more, so a cap never turns into a burst at the top of the minute.
+* **Adaptive pace** (always on; the only pace when no cap is given): AIMD on the number
+  of requests in flight, like TCP's congestion window. It starts at `concurrency`; a 429
+  halves it (once per burst of 429s, not once per thread), and every `allowed`
+  successful requests give it back one slot. Unlike a rate estimate this needs no
+  guess of the quota: the server's retryDelay decides *when*, the window decides *how
+  many at once*.
+* **429**: the server's RetryInfo.retryDelay (the provider module parses it) opens a
+  *shared* backoff window: every thread waits until it closes, not only the one that got
+  the 429. A refused request is taken out of the cap's log (it used no quota). A batch
+  refused `split_after` times in a row is handed back to be split (BatchTooLarge): a
+  quota smaller than one batch would otherwise refuse it forever.
+* **5xx, resets, timeouts**: exponential backoff with full jitter through the same shared
+  window (the exponent grows with consecutive failures across all threads and resets on
+  the first success), bounded by `max_attempts` per request. Shared windows plus the
+  in-flight bound are what keep us from a retry storm.
 * **Permanent errors** (400, 401/403, 404...) are raised at once.
 
 The limiter knows nothing about SDK exception types: the caller passes a `classify`
@@ -31,13 +36,18 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Hashable, TypeVar
+from typing import Callable, Hashable, Iterator, TypeVar
 
 from toolkit.errors import QuotaExhausted, ReembedError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Entry = tuple[float, int, int]  # (start time, texts, tokens) of one attempt
+
+
+class BatchTooLarge(Exception):
+    """Internal signal from RateLimiter.call: split this request and send the halves."""
 
 
 class FailureKind(Enum):
@@ -66,13 +76,14 @@ class LimiterStats:
     succeeded: int
     rate_limited: int  # 429s seen
     transient_errors: int  # 5xx, resets, timeouts seen
-    retries: int  # attempts beyond the first, over all requests
+    retries: int  # attempts beyond the first, over all requests (splits included)
     permanent_errors: int
     waits: int  # times a request had to wait before starting
     wait_seconds: float  # total time requests spent waiting to start
     in_flight: int
-    texts_per_minute_limit: float | None  # current pace (cap or adaptive); None = unlimited
-    tokens_per_minute_limit: float | None
+    allowed_in_flight: int | None  # the adaptive window; None = unbounded
+    rpm: int | None  # the hard caps
+    tpm: int | None
 
 
 class RateLimiter:
@@ -86,19 +97,17 @@ class RateLimiter:
         base_delay: float = 0.5,
         max_delay: float = 30.0,
         max_rate_limited: int = 50,
+        split_after: int = 3,
         max_server_delay: float = 900.0,
         window: float = 60.0,
-        min_rate: float = 1.0,
         seed: int | None = None,
     ) -> None:
-        """rpm/tpm: hard caps per minute (None: adaptive). concurrency: requests in flight.
-
-        `window` is the quota period in seconds (60: rpm and tpm are per minute); tests
-        shorten it so a "minute" passes in a second.
+        """rpm/tpm: hard caps per window (None: no cap). concurrency: requests in flight at most.
 
         max_attempts bounds attempts per request for transient failures; max_rate_limited
-        bounds consecutive 429s of one request; a retryDelay above max_server_delay (a daily
-        quota, typically) is raised as QuotaExhausted instead of sleeping for hours.
+        bounds 429s of one request; a retryDelay above max_server_delay (a daily quota,
+        typically) raises QuotaExhausted instead of sleeping for hours. `window` is the
+        quota period in seconds (60: per minute); tests shorten it.
         """
         self.rpm = rpm
         self.tpm = tpm
@@ -106,25 +115,22 @@ class RateLimiter:
         self.max_attempts = max(1, max_attempts)
         self.base_delay = base_delay
         self.max_delay = max_delay
-        self.max_rate_limited = max_rate_limited
+        self.max_rate_limited = max(1, max_rate_limited)
+        self.split_after = max(1, split_after)
         self.max_server_delay = max_server_delay
         self.window = window
-        self.min_rate = min_rate
         self._rng = random.Random(seed)
         self._cond = threading.Condition(threading.Lock())
 
         self._blocked_until = 0.0  # the shared backoff window
         self._no_decrease_until = 0.0  # one multiplicative decrease per burst of 429s
+        self._allowed: int | None = concurrency  # the AIMD window on requests in flight
+        self._ai_credit = 0
         self._next_text_slot = 0.0
         self._next_token_slot = 0.0
-        self._log: deque[tuple[float, int, int]] = deque()  # (start, texts, tokens) in the window
+        self._log: deque[Entry] = deque()  # attempts in the current window (hard caps)
         self._win_texts = 0
         self._win_tokens = 0
-        self._first_start: float | None = None
-        self._adaptive_tpm_texts: float | None = None  # adaptive pace, texts per minute
-        self._adaptive_tpm_tokens: float | None = None
-        self._ai_step_texts = 0.0  # additive increase per minute
-        self._ai_step_tokens = 0.0
         self._consecutive_transient = 0
         self._consecutive_429 = 0
         self._in_flight = 0
@@ -137,12 +143,16 @@ class RateLimiter:
     # ----------------------------------------------------------------- public API
 
     def call(self, fn: Callable[[], T], *, texts: int, tokens: int, classify: Classifier) -> tuple[T, int]:
-        """Run fn under the budgets, retrying as described above. Returns (result, retries)."""
+        """Run fn under the budgets, retrying as described above. Returns (result, retries).
+
+        Raises the Failure's error (permanent, or retries exhausted), QuotaExhausted, or
+        BatchTooLarge (the caller splits the batch and sends the halves).
+        """
         attempts = 0  # transient failures of this request
         limited = 0  # 429s of this request
         retries = 0
         while True:
-            self.acquire(texts, tokens)
+            entry = self.acquire(texts, tokens)
             try:
                 result = fn()
             except BaseException as exc:  # noqa: BLE001 - classify decides; unknown ones re-raise
@@ -156,7 +166,7 @@ class RateLimiter:
                     raise failure.error from None
                 if failure.kind is FailureKind.RATE_LIMITED:
                     limited += 1
-                    delay = self._on_rate_limited(failure.retry_after)
+                    delay = self._on_rate_limited(failure.retry_after, entry)
                     if failure.retry_after is not None and failure.retry_after > self.max_server_delay:
                         raise QuotaExhausted(
                             f"{failure.error} The server asks to wait {failure.retry_after:.0f}s, longer than "
@@ -168,24 +178,29 @@ class RateLimiter:
                             f"{failure.error} Still rate limited after {limited} attempts; lower --rpm/--tpm "
                             "or raise the quota."
                         ) from None
-                    log.info("rate limited (429); everyone waits %.2fs and the pace slows", delay)
+                    log.info("rate limited (429); everyone waits %.2fs, fewer requests in flight", delay)
+                    if texts > 1 and limited % self.split_after == 0:
+                        with self._cond:
+                            self._retries += 1
+                        raise BatchTooLarge(texts) from None
                 else:
                     attempts += 1
                     if attempts >= self.max_attempts:
-                        raise type(failure.error)(
-                            f"{failure.error} (gave up after {attempts} attempts)"
-                        ) from None
+                        raise type(failure.error)(f"{failure.error} (gave up after {attempts} attempts)") from None
                     delay = self._on_transient()
                     log.info("transient failure (%s); retrying in %.2fs", failure.error, delay)
                 retries += 1
                 with self._cond:
                     self._retries += 1
                 continue
-            self._release(success=True, texts=texts)
+            self._release(success=True)
             return result, retries
 
-    def acquire(self, texts: int, tokens: int) -> None:
-        """Block until a request of this size may start, then count it as started."""
+    def acquire(self, texts: int, tokens: int) -> Entry:
+        """Block until a request of this size may start, then count it as started.
+
+        Callers other than call() must pair it with release().
+        """
         texts, tokens = max(0, texts), max(0, tokens)
         waited_from: float | None = None
         with self._cond:
@@ -193,16 +208,20 @@ class RateLimiter:
                 now = time.monotonic()
                 self._expire(now)
                 ready = self._ready_at(texts, tokens, now)
-                slot_free = self.concurrency is None or self._in_flight < self.concurrency
+                slot_free = self._allowed is None or self._in_flight < self._allowed
                 if ready <= now and slot_free:
                     break
                 if waited_from is None:
                     waited_from = now
                 self._cond.wait(ready - now if ready > now else None)
-            self._start(now, texts, tokens)
+            entry = self._start(now, texts, tokens)
             if waited_from is not None:
                 self._waits += 1
                 self._wait_seconds += now - waited_from
+            return entry
+
+    def release(self, success: bool = True) -> None:
+        self._release(success)
 
     def snapshot(self) -> LimiterStats:
         with self._cond:
@@ -210,20 +229,14 @@ class RateLimiter:
                 requests=self._requests, texts=self._texts, tokens=self._tokens, succeeded=self._succeeded,
                 rate_limited=self._rate_limited, transient_errors=self._transient, retries=self._retries,
                 permanent_errors=self._permanent, waits=self._waits, wait_seconds=self._wait_seconds,
-                in_flight=self._in_flight, texts_per_minute_limit=self._limit(self.rpm, self._adaptive_tpm_texts),
-                tokens_per_minute_limit=self._limit(self.tpm, self._adaptive_tpm_tokens),
+                in_flight=self._in_flight, allowed_in_flight=self._allowed, rpm=self.rpm, tpm=self.tpm,
             )
 
     def max_texts_per_request(self, model_limit: int) -> int:
-        """Largest batch worth sending: a batch above the hard text cap could never fit a window."""
+        """Largest batch worth sending: one above the hard text cap could never fit a window."""
         return max(1, min(model_limit, self.rpm)) if self.rpm else model_limit
 
-    # ----------------------------------------------------------------- internals (lock held)
-
-    @staticmethod
-    def _limit(cap: float | None, adaptive: float | None) -> float | None:
-        values = [v for v in (cap, adaptive) if v is not None]
-        return min(values) if values else None
+    # ----------------------------------------------------------------- internals
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window
@@ -254,56 +267,52 @@ class RateLimiter:
             self._window_ready(self.tpm, tokens, 2, self._win_tokens, now),
         )
 
-    def _start(self, now: float, texts: int, tokens: int) -> None:
-        if self._first_start is None:
-            self._first_start = now
-        self._log.append((now, texts, tokens))
-        self._win_texts += texts
-        self._win_tokens += tokens
-        # Even spacing at the current pace: the next request starts once this one's share
-        # of the minute has passed, so a cap never turns into a burst at the minute mark.
-        text_rate = self._limit(self.rpm, self._adaptive_tpm_texts)
-        if text_rate:
-            self._next_text_slot = now + texts * self.window / text_rate
-        token_rate = self._limit(self.tpm, self._adaptive_tpm_tokens)
-        if token_rate:
-            self._next_token_slot = now + tokens * self.window / token_rate
+    def _start(self, now: float, texts: int, tokens: int) -> Entry:
+        entry = (now, texts, tokens)
+        if self.rpm or self.tpm:
+            self._log.append(entry)
+            self._win_texts += texts
+            self._win_tokens += tokens
+        # Even spacing at the cap: the next request starts once this one's share of the
+        # window has passed.
+        if self.rpm:
+            self._next_text_slot = now + texts * self.window / self.rpm
+        if self.tpm:
+            self._next_token_slot = now + tokens * self.window / self.tpm
         self._in_flight += 1
         self._requests += 1
         self._texts += texts
         self._tokens += tokens
+        return entry
 
-    def _release(self, success: bool = False, texts: int = 0) -> None:
+    def _release(self, success: bool = False) -> None:
         with self._cond:
             self._in_flight -= 1
             if success:
                 self._succeeded += 1
                 self._consecutive_transient = 0
                 self._consecutive_429 = 0
-                self._additive_increase(texts)
+                if self._allowed is not None and (self.concurrency is None or self._allowed < self.concurrency):
+                    # Additive increase: one more slot per `allowed` successes (one "round").
+                    self._ai_credit += 1
+                    if self._ai_credit >= self._allowed:
+                        self._ai_credit = 0
+                        self._allowed += 1
+                        if self.concurrency is None and self._allowed > 64:
+                            self._allowed = None  # back to unbounded
             self._cond.notify_all()
 
-    def _additive_increase(self, texts: int) -> None:
-        if self._adaptive_tpm_texts is not None and texts:
-            # +ai_step texts/min per minute of traffic: a request of n texts is n/rate minutes.
-            self._adaptive_tpm_texts += self._ai_step_texts * texts / self._adaptive_tpm_texts
-            if self._adaptive_tpm_tokens is not None:
-                self._adaptive_tpm_tokens += self._ai_step_tokens * texts / self._adaptive_tpm_texts
-            # Far above what we really achieve: the limit no longer constrains anything, drop it.
-            if self._adaptive_tpm_texts > 4 * max(self._observed_per_minute(time.monotonic())[0], 1.0):
-                self._adaptive_tpm_texts = self._adaptive_tpm_tokens = None
-
-    def _observed_per_minute(self, now: float) -> tuple[float, float]:
-        if self._first_start is None:
-            return 0.0, 0.0
-        span = min(self.window, max(now - self._first_start, self.window / 60))
-        return self._win_texts * self.window / span, self._win_tokens * self.window / span
-
-    def _on_rate_limited(self, retry_after: float | None) -> float:
+    def _on_rate_limited(self, retry_after: float | None, entry: Entry) -> float:
         with self._cond:
             now = time.monotonic()
             self._rate_limited += 1
             self._consecutive_429 += 1
+            try:  # a refused request used no quota: take it out of the caps' window
+                self._log.remove(entry)
+                self._win_texts -= entry[1]
+                self._win_tokens -= entry[2]
+            except ValueError:
+                pass
             if retry_after is None:
                 # No RetryInfo: exponential with "equal jitter" (never ~0, a 429 needs a pause).
                 d = min(self.max_delay, max(1.0, self.base_delay) * 2 ** (self._consecutive_429 - 1))
@@ -312,20 +321,11 @@ class RateLimiter:
                 delay = max(0.0, retry_after)
             self._blocked_until = max(self._blocked_until, now + delay)
             if now >= self._no_decrease_until:
-                self._expire(now)
-                texts_pm, tokens_pm = self._observed_per_minute(now)
-                current = self._limit(self.rpm, self._adaptive_tpm_texts)
-                base = texts_pm if current is None else min(current, texts_pm or current)
-                # Never below the largest recent request: a pace slower than one batch per
-                # window would stall a batch longer than the quota period itself.
-                largest = max((entry[1] for entry in self._log), default=0)
-                self._adaptive_tpm_texts = max(self.min_rate, largest, base / 2)
-                self._ai_step_texts = self._adaptive_tpm_texts / 4
-                current_tok = self._limit(self.tpm, self._adaptive_tpm_tokens)
-                base_tok = tokens_pm if current_tok is None else min(current_tok, tokens_pm or current_tok)
-                self._adaptive_tpm_tokens = max(self.min_rate, base_tok / 2) if base_tok else None
-                self._ai_step_tokens = (self._adaptive_tpm_tokens or 0.0) / 4
-                # Other requests of the same burst are answered 429 too: decrease once.
+                # Multiplicative decrease, once per burst: the other requests of this burst
+                # are being refused too and must not halve the window again.
+                current = self._allowed if self._allowed is not None else self._in_flight + 1
+                self._allowed = max(1, current // 2)
+                self._ai_credit = 0
                 self._no_decrease_until = self._blocked_until
             self._cond.notify_all()
             return delay
@@ -353,3 +353,22 @@ def shared_limiter(key: Hashable, factory: Callable[[], RateLimiter]) -> RateLim
         if limiter is None:
             limiter = _shared[key] = factory()
         return limiter
+
+
+def run_batches(groups: list[list[int]], size: int,
+                send: Callable[[list[int]], tuple[T, int]]) -> Iterator[tuple[list[int], T, int]]:
+    """Send positions in batches of at most `size` (per group); yields (batch, result, retries).
+
+    A batch the limiter hands back as BatchTooLarge is split in halves, sent in order.
+    """
+    queue: deque[list[int]] = deque(g[i:i + size] for g in groups for i in range(0, len(g), size))
+    while queue:
+        batch = queue.popleft()
+        try:
+            result, retries = send(batch)
+        except BatchTooLarge:
+            half = (len(batch) + 1) // 2
+            queue.appendleft(batch[half:])
+            queue.appendleft(batch[:half])
+            continue
+        yield batch, result, retries

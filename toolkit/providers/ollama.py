@@ -26,7 +26,7 @@ from toolkit.providers.models import model_info
 from toolkit.providers.settings import ProviderSettings
 from toolkit.providers.transport import TIMEOUTS, TRANSPORT_ERRORS
 from toolkit.providers.tokens import estimate_tokens, fit_text
-from toolkit.ratelimit import Failure, FailureKind, RateLimiter
+from toolkit.ratelimit import Failure, FailureKind, RateLimiter, run_batches
 
 
 class OllamaEmbedder:
@@ -86,10 +86,9 @@ class OllamaEmbedder:
         vectors = np.empty((len(sent), self.dimensions), dtype=np.float32)
         retries = 0
         size = self._limiter.max_texts_per_request(self.limits.max_texts_per_request)
-        for start in range(0, len(sent), size):
-            chunk = sent[start:start + size]
-            result, tries = self._request(chunk)
-            vectors[start:start + len(chunk)] = result
+        send = lambda positions: self._request([sent[p] for p in positions])  # noqa: E731
+        for positions, result, tries in run_batches([list(range(len(sent)))], size, send):
+            vectors[positions] = result
             retries += tries
         return EmbedBatch(vectors=vectors, index=index, skipped=skipped, truncated=truncated, retries=retries)
 
