@@ -103,3 +103,55 @@ def test_a_schema_of_the_same_name_it_did_not_create_is_refused(demo, conn: psyc
 def test_rows_out_of_range_is_bad_input(run_cli) -> None:  # type: ignore[no-untyped-def]
     result = run_cli("demo", "--rows", "5", "--emulators")
     assert result.exit_code == 2 and "--rows" in result.stderr
+
+
+def test_real_services_are_used_when_present_and_the_environment_is_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    from toolkit.demo.providers import DemoProviders
+    from toolkit.emulators import start_ollama
+
+    monkeypatch.setenv("GOOGLE_API_KEY", "users-real-key-1234")
+    monkeypatch.delenv("REEMBED_GEMINI_BASE_URL", raising=False)
+    with start_ollama() as ollama:  # stands in for a real Ollama that has nomic-embed-text
+        monkeypatch.setenv("OLLAMA_HOST", ollama.base_url)
+        with DemoProviders() as found:
+            assert not found.source_emulated and not found.target_emulated
+            assert os.environ["GOOGLE_API_KEY"] == "users-real-key-1234"
+            assert "REEMBED_GEMINI_BASE_URL" not in os.environ
+            assert all("EMULATED" not in line for line in found.describe())
+            assert "users-real-key-1234" not in " ".join(found.describe())
+        with DemoProviders(force_emulators=True) as forced:
+            # The user's key must not travel to the emulator; the dummy one is for the demo only.
+            assert os.environ["GOOGLE_API_KEY"] == EMULATOR_KEY
+            assert os.environ["OLLAMA_HOST"] != ollama.base_url
+            assert sum("EMULATED" in line for line in forced.describe()) == 2
+    assert os.environ["GOOGLE_API_KEY"] == "users-real-key-1234"
+    assert "REEMBED_GEMINI_BASE_URL" not in os.environ and "GOOGLE_GEMINI_BASE_URL" not in os.environ
+
+
+def test_an_ollama_without_the_model_or_nothing_listening_means_the_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    from toolkit.demo.providers import DemoProviders
+    from toolkit.emulators import start_ollama
+
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    with start_ollama(models=("all-minilm",)) as other:
+        monkeypatch.setenv("OLLAMA_HOST", other.base_url)
+        with DemoProviders() as found:
+            assert found.source_emulated and found.target_emulated
+            assert os.environ["OLLAMA_HOST"] != other.base_url
+    monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")
+    with DemoProviders() as found:
+        assert found.source_emulated
+
+
+def test_the_corpus_is_real_prose_shipped_with_python_and_stable() -> None:
+    from toolkit.demo import corpus
+
+    first = corpus.passages(400)
+    assert first == corpus.passages(400)  # same order every run: reruns build the same table
+    assert len({p.content for p in first}) == 400
+    assert all(p.title.strip() and corpus.is_prose(p.content) and len(p.content) <= 2 * corpus.MAX_CHARS
+               for p in first)
+    assert any(p.title == "The assert statement" for p in first)  # the language reference's own pages
+    assert not corpus.is_prose(">>> sorted([3, 1, 2])\n[1, 2, 3]")
+    assert len(corpus.passages(2500)) >= 2000  # "a few thousand" passages are there to load
