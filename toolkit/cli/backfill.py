@@ -91,3 +91,37 @@ def status(plan_ref: str | None, dsn: str | None, as_json: bool) -> None:
              r["rows_skipped"], r["leases_held"], (r.get("last_event") or {}).get("message", "")] for r in reports]
     click.echo(render.table(rows, ["plan", "phase", "shadow column", "rows", "embedded", "pending", "skipped",
                                    "leased", "last event"]))
+
+
+@cli.command()
+@click.option("--rows", type=int, default=5000, show_default=True,
+              help="Rows of each write-speed table (use 20000 or 100000 for the README figures).")
+@click.option("--small-rows", type=int, default=1000, show_default=True,
+              help="Rows of the small table whose peak memory is the baseline for (c).")
+@click.option("--hnsw-m", type=int, default=16, show_default=True, help="m of the HNSW index on the original column.")
+@click.option("--quota", type=int, default=3000, show_default=True,
+              help="Emulator quota in texts per minute for (b); 429 beyond it.")
+@click.option("--quota-rows", type=int, help="Rows embedded under the quota. Default: one minute's worth.")
+@click.option("--latency-ms", type=int, default=200, show_default=True, help="Emulator latency for (b).")
+@click.option("--adaptive", is_flag=True, help="Also run (b) without --rpm: the quota found from 429s alone.")
+@click.option("--skip-pk-order", is_flag=True, help="Skip the slow primary-key-order floor.")
+@dsn_option
+@json_option
+@handle_errors
+def bench(rows: int, small_rows: int, hnsw_m: int, quota: int, quota_rows: int | None, latency_ms: int,
+          adaptive: bool, skip_pk_order: bool, dsn: str | None, as_json: bool) -> None:
+    """Measure `reembed run` here, in a scratch database (dropped afterwards) against the local Gemini
+    emulator: (a) rows/s with an HNSW index on the original column, page-striped vs primary-key
+    order vs no index, with the HOT share; (b) texts/min achieved under a quota, and 429s;
+    (c) peak memory of the run process at two table sizes."""
+    from toolkit.bench import BenchOptions, render
+    from toolkit.bench import bench as run_bench
+    from toolkit.errors import BadInput
+
+    if rows < 100 or small_rows < 10 or quota < 10 or latency_ms < 0:
+        raise BadInput("--rows must be at least 100, --small-rows 10, --quota 10, --latency-ms 0")
+    options = BenchOptions(rows=rows, small_rows=small_rows, hnsw_m=hnsw_m, quota=quota, quota_rows=quota_rows,
+                           latency_ms=latency_ms, adaptive=adaptive, skip_pk_order=skip_pk_order)
+    with connected(dsn) as (db, _conn):
+        result = run_bench(db, options, say=lambda line: click.echo(line, err=True))
+    echo_json(result.to_json()) if as_json else click.echo(render(result))

@@ -218,6 +218,8 @@ def _prepare_locked(conn: psycopg.Connection, plan: Plan, record: PlanRecord, lo
                   {"rows_seeded": seeded, "seed_seconds": round(time.monotonic() - started, 3),
                    "trigger": tracking_names(record.id).trigger, "function": tracking_names(record.id).function_name})
     record.phase = "prepared"
+    # Fresh statistics, so the claim query's plan knows how many rows are pending.
+    conn.execute("ANALYZE reembed.ledger")
     return True
 
 
