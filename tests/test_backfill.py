@@ -36,7 +36,12 @@ def test_run_embeds_every_row_exactly(conn, run_cli, gemini) -> None:  # type: i
 def test_run_again_is_a_no_op_then_picks_up_changes(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
     create_docs(conn, 300, index=None)
     name = make_plan(run_cli)
-    assert run_cli("run", name, "--no-progress").exit_code == 0
+    first = run_cli("run", name)
+    assert first.exit_code == 0, first.output
+    assert "re-embedding" in first.stderr and "rows/s" in first.stderr  # the progress bar
+    assert "300 of 300 rows embedded" in first.stdout  # the summary
+    listing = run_cli("status")
+    assert listing.exit_code == 0 and name in listing.stdout and "backfilled" in listing.stdout
     again = json.loads(run_cli("run", name, "--json", "--no-progress").stdout)
     assert again["rows_written"] == 0
     conn.execute("UPDATE docs SET content = 'changed text ' || id WHERE id < 10")
@@ -67,3 +72,34 @@ def test_run_rejects_bad_options(conn, run_cli, gemini) -> None:  # type: ignore
     assert run_cli("run", name, "--workers", "0").exit_code == 2
     # Refused before anything was touched: still only planned, no shadow column.
     assert status_json(run_cli, name)["phase"] == "planned"
+
+
+def test_rollback_fill_gives_rows_without_an_old_vector_one_from_the_source(conn, run_cli, gemini,  # type: ignore[no-untyped-def]
+                                                                            monkeypatch) -> None:
+    import numpy as np
+
+    from toolkit.emulators import expected_vector, start_ollama
+
+    create_docs(conn, 200, index=None)
+    name = make_plan(run_cli)
+    assert run_cli("run", name, "--no-progress").exit_code == 0
+    # Rows the application wrote with only a new-model vector (as after a cutover).
+    conn.execute("UPDATE docs SET embedding = NULL WHERE id % 10 = 0")
+    conn.execute("UPDATE docs SET content = '  ' WHERE id = 10")  # empty: nothing to embed
+    before = {r[0]: r[1].to_numpy() for r in conn.execute("SELECT id, embedding FROM docs WHERE id % 10 <> 0")}
+    with start_ollama() as ollama:
+        monkeypatch.setenv("OLLAMA_HOST", ollama.base_url)
+        result = run_cli("run", name, "--rollback-fill", "--json", "--no-progress")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["rollback_fill"] is True and summary["rows_written"] == 19 and summary["column"] == "embedding"
+    for id_, content, vector in conn.execute("SELECT id, content, embedding FROM docs WHERE id % 10 = 0"):
+        if id_ == 10:
+            assert vector is None
+            continue
+        want = expected_vector("ollama:nomic-embed-text", content, task_type="RETRIEVAL_DOCUMENT", dimensions=768)
+        assert np.allclose(vector.to_numpy(), want, rtol=0, atol=1e-6), id_
+    after = {r[0]: r[1].to_numpy() for r in conn.execute("SELECT id, embedding FROM docs WHERE id % 10 <> 0")}
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # rows that had one: untouched
+    # The new-model column is still exact.
+    assert [m for m in mismatches(conn, shadow_column(conn, name)) if not m.startswith("10:")] == []

@@ -24,7 +24,7 @@ from toolkit.phases.status import plan_status
 @click.option("--max-rows-per-second", type=float, help="Throttle writes to the table (all workers together).")
 @click.option("--lease-seconds", type=float, default=DEFAULT_LEASE_SECONDS, show_default=True,
               help="How long a claimed batch stays reserved; a crashed holder's rows are taken over after it.")
-@click.option("--rollback-fill", is_flag=True,
+@click.option("--rollback-fill", "fill_old", is_flag=True,
               help="Instead: give rows that have no vector of the SOURCE model one (into the old-model column), "
                    "so a rollback leaves no row without a vector.")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
@@ -32,7 +32,7 @@ from toolkit.phases.status import plan_status
 @json_option
 @handle_errors
 def run(plan_ref: str, batch_size: int, concurrency: int, workers: int, rpm: int | None, tpm: int | None,
-        max_rows_per_second: float | None, lease_seconds: float, rollback_fill: bool, no_progress: bool,
+        max_rows_per_second: float | None, lease_seconds: float, fill_old: bool, no_progress: bool,
         dsn: str | None, as_json: bool) -> None:
     """Fill the new-model column of PLAN (its name or plan file), preparing it first when needed:
     adds the shadow column, installs change tracking, then embeds every row in leased, checkpointed
@@ -46,7 +46,7 @@ def run(plan_ref: str, batch_size: int, concurrency: int, workers: int, rpm: int
                          max_rows_per_second=max_rows_per_second, lease_seconds=lease_seconds,
                          progress=not no_progress)
     with connected(dsn) as (db, _conn):  # applies reembed's schema when missing; the run opens its own connections
-        summary = rollback_fill(db, plan_ref, options) if rollback_fill else run_backfill(db, plan_ref, options)
+        summary = rollback_fill(db, plan_ref, options) if fill_old else run_backfill(db, plan_ref, options)
     if as_json:
         echo_json(summary.to_json())
     else:
