@@ -1,6 +1,7 @@
 """Fixtures for the provider emulators (registered by conftest.py through pytest_plugins).
 
-`gemini_emulator` / `ollama_emulator`: a fresh emulator per test (starting one takes ~1 ms).
+`gemini_emulator` / `ollama_emulator`: one emulator each per session, reset before every test
+(faults, quota window, stats and the request log); start_gemini()/start_ollama() for more.
 `provider_env`: points the environment the providers read (GOOGLE_API_KEY, the Gemini base
 URL, OLLAMA_HOST) at those emulators, with monkeypatch, so code under test that calls
 ProviderSettings.from_env() talks to them. `provider_settings`: the same as a
@@ -20,16 +21,29 @@ from toolkit.providers.settings import ProviderSettings
 TEST_API_KEY = "test-key-Zq8RvE3nW1xYhP0aLm5K"
 
 
-@pytest.fixture
-def gemini_emulator() -> Iterator[EmulatorServer]:
+@pytest.fixture(scope="session")
+def _gemini_server() -> Iterator[EmulatorServer]:
     with start_gemini(0, api_keys=[TEST_API_KEY]) as server:
         yield server
 
 
-@pytest.fixture
-def ollama_emulator() -> Iterator[EmulatorServer]:
+@pytest.fixture(scope="session")
+def _ollama_server() -> Iterator[EmulatorServer]:
     with start_ollama(0, models=("nomic-embed-text", "all-minilm")) as server:
         yield server
+
+
+@pytest.fixture
+def gemini_emulator(_gemini_server: EmulatorServer) -> EmulatorServer:
+    """One server for the session (same URL: the cached SDK client is reused), reset for each test."""
+    _gemini_server.reset()
+    return _gemini_server
+
+
+@pytest.fixture
+def ollama_emulator(_ollama_server: EmulatorServer) -> EmulatorServer:
+    _ollama_server.reset()
+    return _ollama_server
 
 
 @pytest.fixture

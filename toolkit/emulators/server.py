@@ -82,6 +82,7 @@ class App:
 
     def __init__(self, faults: Faults) -> None:
         self.lock = threading.Lock()
+        self.initial_faults = faults
         self.faults = faults
         self.rng = random.Random(faults.seed)
         self._stats: dict[str, int] = {f.name: 0 for f in fields(EmulatorStats)}
@@ -284,6 +285,14 @@ class EmulatorServer:
             for key in self.app._stats:
                 self.app._stats[key] = 0
             self.app.bodies.clear()
+
+    def reset(self) -> None:
+        """Back to the state it started in: initial faults, empty quota window, zero stats."""
+        with self.app.lock:
+            self.app.faults = replace(self.app.initial_faults, script=list(self.app.initial_faults.script))
+            self.app.rng = random.Random(self.app.faults.seed)
+            self.app._quota_log.clear()
+        self.reset_stats()
 
     def stop(self) -> None:
         self._server.shutdown()
