@@ -17,6 +17,14 @@ ROWS = "300"
 STEPS = ("inspect", "plan", "run", "index", "verify", "cutover")
 
 
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """The corpus cache goes to the data directory: keep it out of the user's home."""
+    path = tmp_path_factory.mktemp("reembed-data")
+    monkeypatch.setenv("REEMBED_DATA_DIR", str(path))
+    return path
+
+
 @pytest.fixture()
 def demo(run_cli):  # type: ignore[no-untyped-def]
     def invoke(*extra: str):  # type: ignore[no-untyped-def]
@@ -29,10 +37,13 @@ def _sql_lines(stdout: str) -> list[str]:
     return [line.split("SQL:", 1)[1].strip() for line in stdout.splitlines() if line.strip().startswith("SQL:")]
 
 
-def test_demo_runs_the_whole_lifecycle_and_the_sql_text_does_not_change(demo, conn: psycopg.Connection,
+def test_demo_runs_the_whole_lifecycle_and_the_sql_text_does_not_change(demo, run_cli, conn: psycopg.Connection,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")  # a user's setting the demo must restore
+    create_docs(conn, 20)  # the user's own table and plan, which the demo must leave alone
+    assert run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--offline", "--name",
+                   "users-plan").exit_code == 0
     result = demo()
     assert result.exit_code == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
@@ -71,24 +82,18 @@ def test_demo_runs_the_whole_lifecycle_and_the_sql_text_does_not_change(demo, co
     assert os.environ["OLLAMA_HOST"] == "http://127.0.0.1:9"
     assert "GOOGLE_API_KEY" not in os.environ and "REEMBED_GEMINI_BASE_URL" not in os.environ
 
-
-def test_running_it_again_is_harmless_and_touches_nothing_else(demo, run_cli, conn: psycopg.Connection) -> None:  # type: ignore[no-untyped-def]
-    create_docs(conn, 20)
-    assert run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--offline", "--name",
-                   "users-plan").exit_code == 0
-    first = demo()
-    assert first.exit_code == 0, first.stderr[-2000:]
-    first_id = conn.execute("SELECT id FROM reembed.plans WHERE name = 'reembed-demo'").fetchone()[0]
+    # Running it again is harmless: its own schema and plan start over, nothing else moves.
     second = demo()
     assert second.exit_code == 0, second.stdout[-2000:] + second.stderr[-2000:]
     assert "removed the previous demo run (plan reembed-demo" in second.stdout
     plans = conn.execute("SELECT name, phase FROM reembed.plans ORDER BY id").fetchall()
     assert plans[0] == ("users-plan", "planned") and [p[0] for p in plans].count("reembed-demo") == 1
     # The first run's change-tracking function (in schema reembed) went with its plan.
-    assert conn.execute("SELECT to_regproc(%s)", (f"reembed.track_{first_id}",)).fetchone()[0] is None
+    assert conn.execute("SELECT to_regproc(%s)", (f"reembed.track_{plan_id}",)).fetchone()[0] is None
     assert conn.execute("SELECT count(*) FROM reembed.ledger l JOIN reembed.plans p ON p.id = l.plan_id "
                         "WHERE p.name = 'reembed-demo'").fetchone()[0] == int(ROWS)
     assert conn.execute("SELECT count(*) FROM public.docs").fetchone()[0] == 20
+    assert _sql_lines(second.stdout) == [sql_before, sql_after]
 
 
 def test_a_schema_of_the_same_name_it_did_not_create_is_refused(demo, conn: psycopg.Connection) -> None:  # type: ignore[no-untyped-def]
@@ -155,3 +160,14 @@ def test_the_corpus_is_real_prose_shipped_with_python_and_stable() -> None:
     assert any(p.title == "The assert statement" for p in first)  # the language reference's own pages
     assert not corpus.is_prose(">>> sorted([3, 1, 2])\n[1, 2, 3]")
     assert len(corpus.passages(2500)) >= 2000  # "a few thousand" passages are there to load
+
+
+def test_the_corpus_cache_returns_what_was_built_and_survives_damage(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from toolkit.demo import corpus
+
+    built = corpus.passages(200, cache_dir=tmp_path)
+    (cache,) = tmp_path.glob("demo-corpus-*.json")
+    assert corpus.passages(200, cache_dir=tmp_path) == built == corpus.passages(200)
+    assert corpus.passages(50, cache_dir=tmp_path) == built[:50]
+    cache.write_text("{not json")
+    assert corpus.passages(200, cache_dir=tmp_path) == built

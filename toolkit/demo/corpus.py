@@ -10,13 +10,16 @@ RAG chunk, each with a title naming where it came from.
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
 import sys
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+CORPUS_VERSION = 1  # bump when the splitting or filtering changes: old caches are then ignored
 MIN_CHARS = 200  # shorter pieces are merged with the next paragraph
 MAX_CHARS = 1200  # a typical RAG chunk; longer paragraphs are cut at sentence ends
 _PARAGRAPH = re.compile(r"\n\s*\n")
@@ -41,8 +44,16 @@ class Passage:
     source: str  # TOPICS or DOCSTRINGS
 
 
-def passages(limit: int) -> list[Passage]:
-    """Up to `limit` prose passages: the pydoc topics first, then stdlib docstrings, in a stable order."""
+def passages(limit: int, cache_dir: Path | None = None) -> list[Passage]:
+    """Up to `limit` prose passages: the pydoc topics first, then stdlib docstrings, in a stable order.
+
+    Reading the docstrings means parsing a few hundred stdlib files (seconds on a busy machine);
+    with `cache_dir` the result is kept there per Python version, so a rerun starts at once."""
+    cache = cache_dir / f"demo-corpus-{CORPUS_VERSION}-py{sys.version_info[0]}.{sys.version_info[1]}.json" \
+        if cache_dir else None
+    cached = _read_cache(cache) if cache else None
+    if cached is not None and (len(cached[0]) >= limit or cached[1]):
+        return cached[0][:limit]
     out: list[Passage] = []
     seen: set[str] = set()
     for passage in _all_passages():
@@ -52,7 +63,27 @@ def passages(limit: int) -> list[Passage]:
         out.append(passage)
         if len(out) >= limit:
             break
+    if cache:
+        _write_cache(cache, out, exhausted=len(out) < limit)
     return out
+
+
+def _read_cache(path: Path) -> tuple[list[Passage], bool] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return [Passage(**p) for p in data["passages"]], bool(data["exhausted"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing or damaged: build it again
+
+
+def _write_cache(path: Path, items: list[Passage], *, exhausted: bool) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"exhausted": exhausted, "passages": [asdict(p) for p in items]}), encoding="utf-8")
+        os.replace(tmp, path)  # atomic: a concurrent demo reads the old file or the new one
+    except OSError:
+        pass  # a cache we cannot write only costs time
 
 
 def is_prose(text: str) -> bool:
@@ -124,17 +155,26 @@ def _stdlib_sources() -> Iterator[tuple[str, Path]]:
     root = Path(sysconfig.get_paths()["stdlib"])
     if not root.is_dir():
         return
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted(_walk(root)):
         parts = path.relative_to(root).with_suffix("").parts
-        # Private top-level modules (_pydecimal, _pyio, _collections_abc) document public APIs;
-        # private submodules and tests do not.
-        if not parts or parts[0] in _SKIP_TOP or any(p.startswith("test") for p in parts) \
-                or any(p.startswith("_") and p != "__init__" for p in parts[1:]):
-            continue
         if parts[0] not in sys.stdlib_module_names:
             continue
-        name = ".".join(p for p in parts if p != "__init__")
-        yield name, path
+        yield ".".join(p for p in parts if p != "__init__"), path
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """The stdlib's .py files, without descending into site-packages, tests or private subpackages
+    (site-packages alone can hold ten times more files than the stdlib)."""
+    for directory, subdirs, files in os.walk(root):
+        relative = Path(directory).relative_to(root).parts
+        # Private top-level modules (_pydecimal, _pyio, _collections_abc) document public APIs;
+        # private submodules and tests do not.
+        subdirs[:] = sorted(d for d in subdirs if not (
+            d in _SKIP_TOP or d.startswith("test") or (relative and d.startswith("_")) or "." in d or "-" in d))
+        for name in files:
+            if name.endswith(".py") and not name.startswith("test") and not (relative and name.startswith("_")
+                                                                              and name != "__init__.py"):
+                yield Path(directory) / name
 
 
 def _docstrings(module: str, tree: ast.Module) -> Iterator[tuple[str, str]]:

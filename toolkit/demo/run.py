@@ -17,6 +17,7 @@ from typing import Callable
 import click
 import psycopg
 
+from toolkit import embedded
 from toolkit.config import scrub
 from toolkit.db import Database
 from toolkit.demo import corpus, store
@@ -145,7 +146,7 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = click.echo) -> 
 
 def _build_store(conn: psycopg.Connection, narrator: Narrator, options: DemoOptions, result: DemoResult) -> None:
     with narrator.step(f"Load {options.rows} passages of real text that ships with Python"):
-        passages = corpus.passages(options.rows)
+        passages = corpus.passages(options.rows, cache_dir=embedded.data_dir().parent)
         sources = [s for s in (corpus.TOPICS, corpus.DOCSTRINGS) if any(p.source == s for p in passages)]
         narrator.note(f"{len(passages)} passages from {' and '.join(sources)}, "
                       f"median {sorted(len(p.content) for p in passages)[len(passages) // 2]} characters")
