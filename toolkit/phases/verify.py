@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -44,6 +45,7 @@ class VerifyResult:
     at: datetime
     phase: str  # the plan's phase after verify
     options: dict[str, Any]
+    state_changed: bool = False  # rows or the index changed while verify ran: the gate will want another
 
     @property
     def failed(self) -> list[str]:
@@ -52,7 +54,8 @@ class VerifyResult:
     def to_json(self) -> dict[str, Any]:
         return {"passed": self.passed, "checks": [c.to_json() for c in self.checks], "plan": self.plan,
                 "phase": self.phase, "verification_id": self.verification_id, "at": self.at.isoformat(),
-                "state_token": self.state_token, "state": self.state, "options": self.options}
+                "state_token": self.state_token, "state": self.state,
+                "state_changed_during_verify": self.state_changed, "options": self.options}
 
 
 # -- the state a verdict is about ----------------------------------------------------------------
@@ -127,25 +130,31 @@ def run_verify(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanR
     """Run every check (read-only on the user's table), store the verdict, advance the phase."""
     subject = check(conn, plan, record)
     snapshot = state_snapshot(conn, plan, record)  # before the checks: a change during verify voids the verdict
-    checks: list[CheckResult] = [
-        table_checks.coverage(conn, subject, options),
-        table_checks.freshness(conn, subject, options),
-        table_checks.sanity(conn, subject, options),
-        table_checks.outliers(conn, subject, options),
-    ]
+    checks: list[CheckResult] = []
+
+    def run(step: Callable[[], CheckResult]) -> None:
+        started = time.perf_counter()
+        result = step()
+        result.evidence["seconds"] = round(time.perf_counter() - started, 3)
+        checks.append(result)
+
+    for table_check in (table_checks.coverage, table_checks.freshness, table_checks.sanity, table_checks.outliers):
+        run(lambda c=table_check: c(conn, subject, options))  # type: ignore[misc]
     sample = sample_rows(conn, subject, options.sample, options.seed)
-    checks.append(index_checks.index(conn, subject, options, sample))
-    checks.append(index_checks.ann_recall(conn, subject, options, sample))
     target, source = _models(subject, options)
     try:
-        checks.append(model_checks.fidelity(subject, options, sample, target))
-        checks.append(model_checks.self_retrieval(conn, subject, options, sample, target))
-        checks.append(agreement_check.agreement(conn, subject, options, sample, target, source))
+        query_vectors = model_checks.sample_query_vectors(target, sample)
+        run(lambda: index_checks.index(conn, subject, options, sample))
+        run(lambda: index_checks.ann_recall(conn, subject, options, sample, query_vectors))
+        run(lambda: model_checks.fidelity(subject, options, sample, target))
+        run(lambda: model_checks.self_retrieval(conn, subject, options, sample, target))
+        run(lambda: agreement_check.agreement(conn, subject, options, sample, target, source))
     finally:
         target.close()
         if source is not None:
             source.close()
-    return _record(conn, plan, record, checks, snapshot, options)
+    changed = state_snapshot(conn, plan, record) != snapshot
+    return _record(conn, plan, record, checks, snapshot, options, changed)
 
 
 def _models(subject: Subject, options: VerifyOptions) -> tuple[Model, Model | None]:
@@ -161,11 +170,14 @@ def _models(subject: Subject, options: VerifyOptions) -> tuple[Model, Model | No
 
 
 def _record(conn: psycopg.Connection, plan: Plan, record: PlanRecord, checks: list[CheckResult],
-            snapshot: dict[str, Any], options: VerifyOptions) -> VerifyResult:
+            snapshot: dict[str, Any], options: VerifyOptions, changed: bool) -> VerifyResult:
     passed = all(c.passed for c in checks)
     token = _token_of(snapshot)
+    # The verdict is stored against the state seen when verify started: if rows changed while it
+    # ran, the token no longer matches and cutover's gate asks for another verify.
     result = json.loads(scrub(json.dumps({"passed": passed, "checks": [c.to_json() for c in checks],
-                                          "state": snapshot, "options": options.public()}, default=str)))
+                                          "state": snapshot, "state_changed_during_verify": changed,
+                                          "options": options.public()}, default=str)))
     failed = [c.name for c in checks if not c.passed]
     with conn.transaction():
         row = conn.execute(
@@ -181,4 +193,5 @@ def _record(conn: psycopg.Connection, plan: Plan, record: PlanRecord, checks: li
                       {"verification_id": row[0]})
             phase = record.phase = "verified"
     return VerifyResult(plan=plan.name, passed=passed, checks=checks, state_token=token, state=snapshot,
-                        verification_id=row[0], at=row[1], phase=phase, options=options.public())
+                        verification_id=row[0], at=row[1], phase=phase, options=options.public(),
+                        state_changed=changed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, TypeVar
 
 import numpy as np
 import psycopg
@@ -14,6 +14,8 @@ from tqdm import tqdm
 
 from toolkit.phases.verification.options import CheckResult, VerifyOptions
 from toolkit.phases.verification.subject import DISTANCE_OPERATORS, SampleRow, Subject, search_sql
+
+T = TypeVar("T")
 
 # Scan settings by index method: what the application's session uses unless --ef-search/--probes say.
 _SEARCH_SETTING = {"hnsw": "hnsw.ef_search", "ivfflat": "ivfflat.probes"}
@@ -72,7 +74,7 @@ def index(conn: psycopg.Connection, subject: Subject, options: VerifyOptions, sa
                                 "retrieval_distance": DISTANCE_OPERATORS.get(subject.operator),
                                 "operator_from": subject.operator_origin}
     if idx is None:
-        return CheckResult("index", False, "missing", "valid, ready, used",
+        return CheckResult("index", False, "missing", f"valid, serves {subject.operator}, usable",
                            f"index {evidence['index']} does not exist on {subject.new_column}: "
                            f"run `reembed index {plan.name}`", evidence)
     evidence.update({"method": idx.method, "opclass": idx.opclass, "opclass_operator": idx.operator,
@@ -107,11 +109,12 @@ def index(conn: psycopg.Connection, subject: Subject, options: VerifyOptions, sa
     option_diff = {k: (v, idx.options.get(k)) for k, v in plan.index.options.items() if idx.options.get(k) != v}
     if option_diff:
         evidence["options_differ_from_plan"] = option_diff  # a note: recall judges whether it matters
+    threshold = f"valid, serves {subject.operator}, usable"
     if problems:
-        return CheckResult("index", False, "; ".join(problems[:1]) if len(problems) == 1 else f"{len(problems)} problems",
-                           "valid, ready, serves " + subject.operator, "; ".join(problems), evidence)
-    return CheckResult("index", True, f"valid, ready, {idx.opclass}, {used.split(' ')[0]}",
-                       "valid, ready, serves " + subject.operator,
+        short = ("INVALID" if not (idx.valid and idx.ready) else
+                 f"{idx.opclass} serves {idx.operator}" if idx.operator != subject.operator else used)
+        return CheckResult("index", False, short, threshold, "; ".join(problems), evidence)
+    return CheckResult("index", True, f"valid, {idx.opclass}, {used.split(' ')[0]}", threshold,
                        f"{idx.name}: {idx.method} {idx.opclass} (serves {subject.operator}, as {subject.operator_origin}),"
                        f" valid and ready, {used}", evidence)
 
@@ -129,11 +132,13 @@ def _top(conn: psycopg.Connection, query: sql.Composable, vector: np.ndarray,
     return [r[0] for r in rows], elapsed, current
 
 
-def ann_recall(conn: psycopg.Connection, subject: Subject, options: VerifyOptions,
-               sample: list[SampleRow]) -> CheckResult:
-    """recall@k of the index scan against an exact scan, for the sampled rows' vectors as queries.
+def ann_recall(conn: psycopg.Connection, subject: Subject, options: VerifyOptions, sample: list[SampleRow],
+               query_vectors: list[np.ndarray | None] | None = None) -> CheckResult:
+    """recall@k of the index scan against an exact scan, for sampled query vectors.
 
-    The query row itself is dropped from both lists (it would be found by both and flatter the
+    The queries are the target's RETRIEVAL_QUERY vectors of the sampled rows' text (what the
+    application will send) when the target answered; else the sampled rows' stored vectors,
+    with the query row itself dropped from both lists (both would find it: it would flatter the
     figure). The exact scan runs unprepared, with index scans off and an ORDER BY no index can
     serve; EXPLAIN confirms which plan each side really got.
     """
@@ -153,13 +158,20 @@ def ann_recall(conn: psycopg.Connection, subject: Subject, options: VerifyOption
     if setting_name and chosen is not None:
         scan_settings[setting_name] = str(chosen)
     exact_settings = {"enable_indexscan": "off", "enable_bitmapscan": "off", "enable_indexonlyscan": "off"}
+    if query_vectors is not None and any(v is not None for v in query_vectors):
+        queries = [(None, v) for v in query_vectors if v is not None]
+        origin = f"{subject.plan.target} query vectors of the sampled rows' text"
+    else:
+        queries = [(row.key, row.vector) for row in sample]
+        origin = "the sampled rows' stored vectors (each row itself left out)"
     limit = options.k + 1
     ann_query = search_sql(subject, subject.new_column, subject.new_type, limit=limit, predicate=idx.predicate)
     exact_query = search_sql(subject, subject.new_column, subject.new_type, limit=limit, exact=True,
                              predicate=idx.predicate)
-    ann_plan = _explain(conn, ann_query, sample[0].vector, scan_settings)
-    exact_plan = _explain(conn, exact_query, sample[0].vector, exact_settings)
-    evidence: dict[str, Any] = {"k": options.k, "queries": len(sample), "index_plan_uses": sorted(ann_plan),
+    ann_plan = _explain(conn, ann_query, queries[0][1], scan_settings)
+    exact_plan = _explain(conn, exact_query, queries[0][1], exact_settings)
+    evidence: dict[str, Any] = {"k": options.k, "queries": len(queries), "queries_from": origin,
+                                "index_plan_uses": sorted(ann_plan),
                                 "exact_plan_uses": sorted(exact_plan)}
     if idx.name not in ann_plan or exact_plan:
         return CheckResult(name, False, None, options.min_recall,
@@ -168,13 +180,13 @@ def ann_recall(conn: psycopg.Connection, subject: Subject, options: VerifyOption
     recalls: list[float] = []
     ann_seconds = exact_seconds = 0.0
     current: str | None = None
-    for row in _progress(sample, options, "ann recall"):
-        ann, t_ann, current = _top(conn, ann_query, row.vector, scan_settings, setting_name)
-        exact, t_exact, _ = _top(conn, exact_query, row.vector, exact_settings, None)
+    for own_key, vector in _progress(queries, options, "ann recall"):
+        ann, t_ann, current = _top(conn, ann_query, vector, scan_settings, setting_name)
+        exact, t_exact, _ = _top(conn, exact_query, vector, exact_settings, None)
         ann_seconds += t_ann
         exact_seconds += t_exact
-        truth = [key for key in exact if key != row.key][: options.k]
-        got = set([key for key in ann if key != row.key][: options.k])
+        truth = [key for key in exact if key != own_key][: options.k]
+        got = set([key for key in ann if key != own_key][: options.k])
         if truth:
             recalls.append(len(got.intersection(truth)) / len(truth))
     if not recalls:
@@ -192,5 +204,5 @@ def ann_recall(conn: psycopg.Connection, subject: Subject, options: VerifyOption
     return CheckResult(name, mean >= options.min_recall, round(mean, 4), options.min_recall, summary, evidence)
 
 
-def _progress(items: list[SampleRow], options: VerifyOptions, what: str) -> Iterable[SampleRow]:
+def _progress(items: list[T], options: VerifyOptions, what: str) -> Iterable[T]:
     return tqdm(items, desc=what, unit="q", leave=False, disable=None if options.progress else True)

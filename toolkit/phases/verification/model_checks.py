@@ -18,6 +18,18 @@ from toolkit.phases.verification.options import CheckResult, VerifyOptions
 from toolkit.phases.verification.subject import SampleRow, Subject, search
 
 
+def sample_query_vectors(target: Model, sample: list[SampleRow]) -> list[np.ndarray | None] | None:
+    """The target's query vectors of the sampled rows' text (cached for the checks after), or None
+    when the target cannot answer (the checks that need it then report why)."""
+    if not sample or not target.available:
+        return None
+    try:
+        return target.queries([query_from_text(r.text) for r in sample])
+    except ReembedError as exc:
+        target.fail(exc)
+        return None
+
+
 def fidelity(subject: Subject, options: VerifyOptions, sample: list[SampleRow], target: Model) -> CheckResult:
     """Re-embed the sampled rows' current text and title with the target; compare to what is stored."""
     name = "fidelity"

@@ -78,6 +78,8 @@ def verify_report(result: dict[str, Any]) -> str:
         for block in (overlap_histogram(agreement), labelled_table(agreement)):
             if block:
                 out += [""] + block
+    if result.get("state_changed_during_verify"):
+        out += ["", "note: rows or the index changed while verify ran; cutover will ask for another verify"]
     out += ["", f"phase: {result['phase']}; verification #{result['verification_id']} stored "
                 f"(state {result['state_token'][:12]}); cutover requires a passing verification of the current state"]
     return "\n".join(out)
