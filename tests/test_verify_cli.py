@@ -126,3 +126,24 @@ def test_new_model_trailing_the_old_beyond_the_margin_fails_agreement(conn, run_
     assert not agreement["passed"] and "MRR trails the old by" in agreement["summary"]
     assert agreement["labelled"]["delta"]["mrr"] < -0.05 and agreement["value"] == agreement["labelled"]["delta"]["mrr"]
     assert run_cli("verify", PLAN, "--queries", queries, "--sample", "20", "--margin", "0.15").exit_code == 0
+
+
+def test_queries_file_keys_compare_as_postgres_prints_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from toolkit.phases.verification.queries import read_queries
+
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"query": "a", "relevant": [3, "doc-1", [1, "é"]]}\n\n{"query": "b"}\n')
+    first, second = read_queries(path)
+    assert first.relevant == ("3", "doc-1", '[1, "é"]')  # jsonb_build_array(1, 'é')::text
+    assert second.relevant == ()
+
+
+def test_invalid_index_fails_the_index_check(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
+    m = migrated(conn, run_cli, rows=300)
+    # What an interrupted CREATE INDEX CONCURRENTLY leaves behind.
+    conn.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass",
+                 (m.plan.index.shadow_name,))
+    result = run_cli("verify", PLAN, "--json", "--sample", "20")
+    assert result.exit_code == 1
+    index = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "index")
+    assert index["value"] == "INVALID" and "interrupted CONCURRENTLY build" in index["summary"]
