@@ -117,3 +117,22 @@ def test_sizes_parse() -> None:
     assert graph_memory(10_000, 768) == int(10_000 * 3080 * 1.3)
     with pytest.raises(BadInput):
         parse_size("lots")
+
+
+def test_a_partial_index_keeps_its_predicate(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
+    def partial(c: psycopg.Connection) -> None:
+        c.execute("CREATE INDEX docs_embedding_idx ON docs USING hnsw (embedding vector_cosine_ops) WITH (m = 12) "
+                  "WHERE title IS NOT NULL")
+    backfilled(conn, run_cli, index=None, before_run=partial)
+    definition = indexes(conn)[SHADOW_INDEX]
+    assert "WITH (ef_construction='64', m='12') WHERE (title IS NOT NULL)" in definition
+
+
+def test_a_predicate_on_the_vector_column_itself_is_refused(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
+    def partial(c: psycopg.Connection) -> None:
+        c.execute("CREATE INDEX docs_embedding_idx ON docs USING hnsw (embedding vector_cosine_ops) "
+                  "WHERE embedding IS NOT NULL")
+    backfilled(conn, run_cli, index=None, before_run=partial, build_index=False)
+    result = run_cli("index", PLAN)
+    assert result.exit_code == 1 and "reads column embedding itself" in result.stderr
+    assert SHADOW_INDEX not in indexes(conn)

@@ -108,6 +108,10 @@ def check(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> None:
         hint = ("run `reembed run " + plan.name + "` to completion first"
                 if record.phase in ("planned", "prepared", "backfilling") else f"the plan is {record.phase}")
         raise GateFailed(f"cannot index plan {plan.name!r} in phase {record.phase}: {hint}")
+    predicate = plan.index.predicate if plan.index else None
+    if predicate and re.search(rf'(?<![\w$"]){re.escape(plan.column)}(?![\w$"])|"{re.escape(plan.column)}"', predicate):
+        raise GateFailed(f"the original index's predicate ({predicate}) reads column {plan.column} itself; reembed "
+                         "will not rewrite it onto the new column: build that index by hand, then run this again")
     cols = layout(plan, record.phase)
     exists = conn.execute("SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s "
                           "AND NOT attisdropped", (plan.table.as_string(conn), cols.new)).fetchone()

@@ -10,6 +10,7 @@ runs after the lock is released, and `finish` can be re-run until it is done.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -58,7 +59,9 @@ class SwapOutcome:
 def helper_check_name(plan: Plan) -> str:
     """The temporary CHECK (col IS NOT NULL) that lets SET NOT NULL skip its table scan."""
     name = f"{plan.table_name}_{plan.column}_reembed_nn"
-    return name if len(name.encode()) <= PG_IDENTIFIER_MAX else f"reembed_nn_{abs(hash(name)) % 10**8}"
+    if len(name.encode()) <= PG_IDENTIFIER_MAX:
+        return name
+    return "reembed_nn_" + hashlib.sha1(name.encode()).hexdigest()[:12]  # stable across processes
 
 
 def column_state(conn: psycopg.Connection, oid: int, column: str) -> tuple[bool, str | None] | None:
@@ -242,6 +245,10 @@ def finish(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_tim
     try:
         locked = run_locked(conn, [table], set_not_null, lock_timeout_ms=lock_timeout_ms, retries=retries,
                             what="restoring NOT NULL")
+    except GateFailed as exc:
+        # The swap itself is done; only this step waits. The NOT VALID check already refuses NULLs.
+        notes.append(f"NOT NULL on {plan.column} not restored yet ({exc}); run this command again to finish")
+        return notes
     finally:
         conn.remove_notice_handler(collect)
     proved = any("sufficient to prove" in m for m in messages)
