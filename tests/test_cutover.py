@@ -313,3 +313,33 @@ def test_lock_time_does_not_grow_with_the_table(conn, run_cli, rows) -> None:  #
     print(f"\nLOCK {rows} rows (setup {setup_s:.0f}s): cutover median {cut[2]:.1f} ms max {cut[-1]:.1f} ms; "
           f"rollback median {back[2]:.1f} ms max {back[-1]:.1f} ms")
     assert cut[2] < 50 and back[2] < 50
+
+
+def test_triggers_and_statistics_on_the_column_follow_it(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
+    def create(c: psycopg.Connection) -> None:
+        c.execute("CREATE TABLE vector_audit (id bigint, at timestamptz DEFAULT now())")
+        c.execute("""CREATE FUNCTION audit_vector() RETURNS trigger LANGUAGE plpgsql AS
+                     $$ BEGIN INSERT INTO vector_audit (id) VALUES (NEW.id); RETURN NEW; END $$""")
+        c.execute("CREATE TRIGGER audit_vector AFTER UPDATE OF embedding ON docs FOR EACH ROW "
+                  "WHEN (OLD.embedding IS DISTINCT FROM NEW.embedding) EXECUTE FUNCTION audit_vector()")
+        c.execute("CREATE TRIGGER audit_off AFTER UPDATE OF embedding ON docs FOR EACH ROW "
+                  "EXECUTE FUNCTION audit_vector()")
+        c.execute("ALTER TABLE docs DISABLE TRIGGER audit_off")
+        c.execute("CREATE STATISTICS docs_title_vec (ndistinct) ON title, embedding FROM docs")
+    backfilled(conn, run_cli, before_run=create)
+    defs = lambda: conn.execute(  # noqa: E731
+        "SELECT tgname, pg_get_triggerdef(oid), tgenabled FROM pg_trigger WHERE tgrelid = 'docs'::regclass "
+        "AND tgname LIKE 'audit%%' ORDER BY 1").fetchall()
+    stats = lambda: conn.execute(  # noqa: E731
+        "SELECT pg_get_statisticsobjdef(oid) FROM pg_statistic_ext WHERE stxname = 'docs_title_vec'").fetchone()[0]
+    before = (defs(), stats())
+    result = run_cli("cutover", PLAN, "--force")
+    assert result.exit_code == 0, result.stderr
+    assert (defs(), stats()) == before and before[0][0][2] == "D"
+    old = plan_row(conn)[2]
+    assert _bound_to(conn, old) == []
+    # The trigger fires on the swapped-in column (and not on the old one).
+    conn.execute(sql.SQL("UPDATE docs SET {} = NULL WHERE id = 1").format(sql.Identifier(old)))
+    assert conn.execute("SELECT count(*) FROM vector_audit").fetchone()[0] == 0
+    conn.execute("UPDATE docs SET embedding = (SELECT embedding FROM docs WHERE id = 3) WHERE id = 2")
+    assert [r[0] for r in conn.execute("SELECT id FROM vector_audit")] == [2]
