@@ -12,21 +12,22 @@ from tables import create_docs
 STATUS_KEYS = {"name", "phase", "shadow_column", "rows_total", "rows_embedded", "rows_pending", "rows_skipped"}
 
 
-def test_run_embeds_every_row_exactly(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
-    create_docs(conn, 3000, index="hnsw")
+@pytest.mark.parametrize("rows", [3000, pytest.param(20000, marks=pytest.mark.soak)])
+def test_run_embeds_every_row_exactly(conn, run_cli, gemini, rows: int) -> None:  # type: ignore[no-untyped-def]
+    create_docs(conn, rows, index="hnsw")
     conn.execute("UPDATE docs SET content = '' WHERE id IN (5, 6)")
     conn.execute("UPDATE docs SET content = NULL WHERE id = 7")
     name = make_plan(run_cli)
     result = run_cli("run", name, "--json", "--no-progress")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["rows_written"] == 2997 and summary["rows_skipped"] == 3
+    assert summary["rows_written"] == rows - 3 and summary["rows_skipped"] == 3
     assert summary["phase"] == "backfilled"
     assert mismatches(conn, shadow_column(conn, name)) == []
     status = status_json(run_cli, name)
     assert STATUS_KEYS <= set(status)
     assert (status["phase"], status["rows_total"], status["rows_embedded"], status["rows_pending"],
-            status["rows_skipped"]) == ("backfilled", 3000, 2997, 0, 3)
+            status["rows_skipped"]) == ("backfilled", rows, rows - 3, 0, 3)
     reasons = conn.execute("SELECT DISTINCT skip_reason FROM reembed.ledger WHERE state = 'skipped'").fetchall()
     assert reasons == [("empty text",)]
     # The original column and the application's rows are untouched apart from the new column.
