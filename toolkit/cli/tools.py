@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -104,6 +105,7 @@ def _serve(server: Any, exports: list[str]) -> None:
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         click.echo(server.base_url)
+        sys.stdout.flush()  # a script reading the URL from a pipe must get it now, not at exit
         click.echo("# emulated, deterministic vectors; in another shell:", err=True)
         for line in exports:
             click.echo(f"#   {line}", err=True)
