@@ -114,7 +114,7 @@ def test_an_unreachable_provider_exits_3(run_cli, planned: str, providers, monke
 
 @pytest.mark.parametrize("api", ["ollama", "gemini"])
 def test_emulator_command_serves_in_the_foreground_until_interrupted(api: str) -> None:
-    # Without PYTHONUNBUFFERED: the URL line must reach a pipe at once, not when the server exits.
+    # Without PYTHONUNBUFFERED, as a user's shell: the URL line must reach the pipe while it serves.
     env = {k: v for k, v in os.environ.items() if k not in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "PYTHONUNBUFFERED")}
     proc = subprocess.Popen([sys.executable, "-m", "toolkit", "emulator", api, "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

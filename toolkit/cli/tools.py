@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from typing import Any
 
@@ -104,8 +103,7 @@ def _serve(server: Any, exports: list[str]) -> None:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        click.echo(server.base_url)
-        sys.stdout.flush()  # a script reading the URL from a pipe must get it now, not at exit
+        click.echo(server.base_url)  # click.echo flushes: a script reading the pipe gets the URL at once
         click.echo("# emulated, deterministic vectors; in another shell:", err=True)
         for line in exports:
             click.echo(f"#   {line}", err=True)
