@@ -3,8 +3,6 @@ migration can be wrong."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from psycopg import sql
