@@ -60,9 +60,9 @@ def plan(table: str, column: str, text_columns: list[str], title_column: str | N
     request = PlanRequest(table=table, column=column, text_columns=text_columns, title_column=title_column,
                           target=target, source=source, dimensions=dimensions, name=name, output=output,
                           rpm=rpm, tpm=tpm, offline=offline, index=index)
-    with connected(dsn) as (_, conn):
-        result = make_plan(_, conn, request)
-        statements = planned_sql(conn, result.plan) if show_sql else {}
+    with connected(dsn) as (db, conn):
+        result = make_plan(db, conn, request)
+        statements = planned_sql(conn, result.plan, result.plan_id) if show_sql else {}
     if as_json:
         echo_json({"plan": result.plan.to_spec(), "file": str(result.path), "preflight": result.preflight,
                    **({"sql": statements} if show_sql else {})})

@@ -6,6 +6,7 @@ Planning never touches the user's table: it only reads the catalog and writes re
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ class PlanRequest:
 @dataclass
 class PlanResult:
     plan: Plan
+    plan_id: int
     path: Path
     preflight: str  # what the preflight call found, in words
 
@@ -57,12 +59,12 @@ def make_plan(db: Database, conn: psycopg.Connection, request: PlanRequest) -> P
     plan.estimate = estimate(conn, plan, info, rpm=request.rpm, tpm=request.tpm)
     preflight = "skipped (--offline)" if request.offline else preflight_target(plan)
     with conn.transaction():  # a plan file that cannot be written leaves no registered plan behind
-        register_plan(conn, plan.to_spec(), plan.table_fingerprint)
+        record = register_plan(conn, plan.to_spec(), plan.table_fingerprint)
         try:
             plan.write(path)
         except OSError as exc:
             raise BadInput(f"cannot write plan file {path}: {exc.strerror}") from None
-    return PlanResult(plan=plan, path=path, preflight=preflight)
+    return PlanResult(plan=plan, plan_id=record.id, path=path, preflight=preflight)
 
 
 def preflight_target(plan: Plan) -> str:
@@ -71,10 +73,7 @@ def preflight_target(plan: Plan) -> str:
     from toolkit.providers import make_embedder
     from toolkit.providers.settings import ProviderSettings
 
-    try:
-        settings = ProviderSettings.from_env(max_attempts=2, timeout=10.0)
-    except TypeError:
-        settings = ProviderSettings.from_env()
+    settings = ProviderSettings.from_env(max_attempts=2, timeout=10.0)
     try:
         embedder = make_embedder(plan.target_ref, plan.dimensions, settings)
     except ReembedError as exc:
@@ -94,8 +93,9 @@ def preflight_target(plan: Plan) -> str:
     return f"ok: {plan.target} answered a {got}-dim vector (norm {norm:.3f} after normalization)"
 
 
-def planned_sql(conn: psycopg.Connection, plan: Plan) -> dict[str, list[str]]:
-    """The exact statements each phase will run, rendered for review."""
+def planned_sql(conn: psycopg.Connection, plan: Plan, plan_id: int | None = None) -> dict[str, list[str]]:
+    """The exact statements each phase will run, rendered for review (with the registered plan's id
+    where a phase's objects are named after it)."""
     out: dict[str, list[str]] = {}
     for phase in SQL_PHASES:
         try:
@@ -103,6 +103,9 @@ def planned_sql(conn: psycopg.Connection, plan: Plan) -> dict[str, list[str]]:
         except ModuleNotFoundError:
             continue
         statements = getattr(module, "planned_sql", None)
-        if statements is not None:
-            out[phase] = [s.as_string(conn) for s in statements(plan)]
+        if statements is None:
+            continue
+        takes_id = "plan_id" in inspect.signature(statements).parameters
+        composed = statements(plan, plan_id=plan_id) if takes_id else statements(plan)
+        out[phase] = [s.as_string(conn) for s in composed]
     return out
