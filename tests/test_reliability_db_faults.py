@@ -6,6 +6,7 @@ clear line and exit 3; the next `reembed run` resumes and nothing is lost.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -140,6 +141,7 @@ def own_server() -> Iterator[tuple[object, str]]:
         yield server, dsn
     finally:
         server.cleanup()
+        shutil.rmtree(data.parent, ignore_errors=True)
 
 
 def _crash_restart(server) -> None:  # type: ignore[no-untyped-def]
