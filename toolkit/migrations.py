@@ -9,8 +9,10 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
+from toolkit.errors import GateFailed
 from toolkit.resources import alembic_dir
 
 SCHEMA = "reembed"
@@ -42,7 +44,12 @@ def _config(conninfo: str) -> Config:
 
 def upgrade(conninfo: str) -> None:
     """Create or upgrade schema `reembed` to the newest revision. Harmless to repeat."""
-    command.upgrade(_config(conninfo), "head")
+    try:
+        command.upgrade(_config(conninfo), "head")
+    except DBAPIError as exc:
+        # Surface the database's own one-line reason (e.g. permission denied), not a SQLAlchemy trace.
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise GateFailed(f"cannot create or upgrade schema {SCHEMA}: {reason}") from None
 
 
 def current_revision(conn: psycopg.Connection) -> str | None:
