@@ -36,7 +36,8 @@ def run(plan_ref: str, batch_size: int, concurrency: int, workers: int, rpm: int
         dsn: str | None, as_json: bool) -> None:
     """Fill the new-model column of PLAN (its name or plan file), preparing it first when needed:
     adds the shadow column, installs change tracking, then embeds every row in leased, checkpointed
-    batches until no row is pending (rows changed meanwhile are embedded again).
+    batches until no row is pending (rows changed meanwhile are embedded again, in a few catch-up
+    sweeps; under steady application writes a small tail may stay pending for the next run).
 
     \b
     Safe to interrupt (even kill -9) and run again: it continues where it stopped. Several
@@ -67,7 +68,8 @@ def _summary_text(s: RunSummary) -> str:
         f"{p.rows_pending} pending",
     ]
     if p.rows_pending:
-        lines.append(f"  {p.rows_pending} rows still pending (held by other processes); run again or wait")
+        lines.append(f"  {p.rows_pending} rows still pending (changed by the application during the run, or held "
+                     "by other processes); run again, or let cutover catch them up")
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, Callable
 
 import numpy as np
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 100  # Gemini's per-request limit
 DEFAULT_LEASE_SECONDS = 300.0
 MAX_MALFORMED_STREAK = 3
+# Catch-up sweeps over rows the application changed during the run, after the first pass.
+MAX_SWEEPS = 5
 # Phases in which run moves the phase forward; later phases (indexed ... rolled_back) keep theirs.
 _BACKFILL_PHASES = ("planned", "prepared", "backfilling", "backfilled")
 
@@ -191,6 +194,8 @@ class Worker:
         self.stop = stop or threading.Event()
         self.counters = Counters()
         self.throttle = Throttle(options.max_rows_per_second)
+        self.sweep_began: datetime | None = None  # rows changed after this wait for the next sweep
+        self.sweeps = 0
         self._parent = os.getppid()
 
     def run(self) -> Counters:
@@ -201,6 +206,7 @@ class Worker:
         pool = ThreadPoolExecutor(max_workers=self.options.concurrency, thread_name_prefix="reembed-embed")
         try:
             writer = BatchWriter(conn, self.plan, self.record.id, self.owner, self.target_column)
+            self.sweep_began = ledger.database_now(conn)
             last_renew = time.monotonic()
             malformed_streak = 0
             while True:
@@ -215,9 +221,18 @@ class Worker:
                 if not inflight:
                     if self.stop.is_set():
                         break
-                    pending, _claimable = ledger.pending_counts(conn, self.record.id)
+                    pending, claimable = ledger.pending_counts(conn, self.record.id)
                     if pending == 0:
                         break
+                    if claimable:
+                        # What is left changed after this sweep began: the application is writing.
+                        # Sweep again for it, a bounded number of times, so the run ends even
+                        # under steady writes; the tail stays pending for the next run or cutover.
+                        if self.sweeps >= MAX_SWEEPS:
+                            break
+                        self.sweeps += 1
+                        self.sweep_began = ledger.database_now(conn)
+                        continue
                     # Pending rows are leased by other processes: wait for them to finish or expire.
                     time.sleep(self.options.poll_seconds)
                     continue
@@ -271,7 +286,8 @@ class Worker:
 
     def _next_batch(self, conn: psycopg.Connection, writer: BatchWriter) -> Batch | None:
         while True:
-            keys = ledger.claim(conn, self.record.id, self.owner, self.options.batch_size, self.options.lease_seconds)
+            keys = ledger.claim(conn, self.record.id, self.owner, self.options.batch_size, self.options.lease_seconds,
+                                changed_before=self.sweep_began)
             if not keys:
                 return None
             rows = read_rows(conn, self.plan, keys)

@@ -13,6 +13,7 @@ import os
 import socket
 import uuid
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any, Sequence
 
 import psycopg
@@ -61,11 +62,14 @@ def keys_param(keys: Sequence[Key]) -> list[Jsonb]:
     return [Jsonb(k) for k in keys]
 
 
-def claim(conn: psycopg.Connection, plan_id: int, owner: str, limit: int, lease_seconds: float) -> list[Key]:
-    """Lease up to `limit` pending rows to `owner`, in ledger order. Autocommit: one statement."""
+def claim(conn: psycopg.Connection, plan_id: int, owner: str, limit: int, lease_seconds: float,
+          changed_before: datetime | None = None) -> list[Key]:
+    """Lease up to `limit` pending rows to `owner`, in ledger order; with `changed_before`, only rows
+    that changed before then. Autocommit: one statement."""
+    bound = sql.Literal(changed_before) if changed_before else sql.SQL("'infinity'::timestamptz")
     rows = conn.execute(template(
         "backfill_claim", owner=sql.Literal(owner), lease_seconds=sql.Literal(float(lease_seconds)),
-        plan_id=sql.Literal(plan_id), limit=sql.Literal(int(limit)))).fetchall()
+        plan_id=sql.Literal(plan_id), limit=sql.Literal(int(limit)), changed_before=bound)).fetchall()
     return [r[0] for r in rows]
 
 
@@ -108,6 +112,13 @@ def pending_counts(conn: psycopg.Connection, plan_id: int) -> tuple[int, int]:
         "FROM reembed.ledger WHERE plan_id = %s AND state = 'pending'", (plan_id,)).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
+
+
+def database_now(conn: psycopg.Connection) -> datetime:
+    """The server's clock: sweep bounds compare with changed_at, which the server stamps."""
+    row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    return row[0]
 
 
 @dataclass
