@@ -64,6 +64,11 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except ReembedError as exc:
             fail(str(exc), exc.exit_code)
+        except psycopg.errors.QueryCanceled as exc:
+            # A statement or lock timeout: the server answered, but not in time. Same exit as an
+            # unreachable server (try again later), honest wording.
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            fail(f"database timed out: {first}; run the command again to continue", EXIT_UNREACHABLE)
         except psycopg.OperationalError as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             fail(f"database unreachable: {first}", EXIT_UNREACHABLE)
