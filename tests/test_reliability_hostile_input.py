@@ -165,8 +165,8 @@ def test_two_plans_on_one_column_at_once_one_is_refused(conn, run_cli, tmp_path)
 
 BEFORE_RUN = [
     ("ALTER TABLE docs ALTER COLUMN content TYPE varchar(2000)", "'content': 'character varying(2000)'"),
-    ("ALTER TABLE docs DROP COLUMN title", "'title': 'missing'"),
-    ("ALTER TABLE docs ALTER COLUMN embedding TYPE vector(769) USING NULL", "'embedding': 'vector(769)'"),
+    ("ALTER TABLE docs DROP COLUMN title", "text column title is missing"),
+    ("ALTER TABLE docs ALTER COLUMN embedding TYPE vector(769) USING NULL", "column embedding was vector(768), now vector(769)"),
 ]
 
 
@@ -194,8 +194,8 @@ def _shape(conn: psycopg.Connection) -> tuple:
 AFTER_INDEX = [
     # Once tracking is installed PostgreSQL itself refuses to retype or drop a tracked column (the
     # trigger depends on it); what it allows is a rename, or a change of the vector column.
-    ("ALTER TABLE docs RENAME COLUMN title TO heading", "'title': 'missing'"),
-    ("ALTER TABLE docs ALTER COLUMN embedding TYPE vector(769) USING NULL", "'embedding': 'vector(769)'"),
+    ("ALTER TABLE docs RENAME COLUMN title TO heading", "text column title is missing"),
+    ("ALTER TABLE docs ALTER COLUMN embedding TYPE vector(769) USING NULL", "column embedding was vector(768), now vector(769)"),
 ]
 
 

@@ -224,9 +224,30 @@ def check_table_unchanged(conn: psycopg.Connection, plan: Plan) -> None:
     expected = plan.table_fingerprint
     columns = [plan.column] + plan.tracked_columns
     if info.fingerprint(columns) != expected:
-        shape = info.shape(columns)
-        raise BadInput(f"table {plan.table_display} changed since plan {plan.name!r} was made: now "
-                       f"primary key {shape['primary_key']}, columns {shape['columns']}")
+        raise BadInput(f"table {plan.table_display} changed since plan {plan.name!r} was made: "
+                       + "; ".join(_shape_differences(plan, info)))
+
+
+def _shape_differences(plan: Plan, info: catalog.TableInfo) -> list[str]:
+    """What the plan recorded against what the table has now, named one by one."""
+    out = []
+    now_key = [c.name for c in info.primary_key]
+    if now_key != plan.primary_key:
+        out.append(f"primary key was {plan.primary_key}, now {now_key}")
+    column = info.column(plan.column)
+    if column is None or column.type != plan.column_type:
+        out.append(f"column {plan.column} was {plan.column_type}, now {column.type if column else 'missing'}")
+    for name in plan.tracked_columns:
+        text = info.column(name)
+        if text is None:
+            out.append(f"text column {name} is missing")
+        elif text.base_type not in catalog.TEXT_TYPES:
+            out.append(f"text column {name} is now {text.type}")
+    if not out:
+        shape = info.shape(columns := [plan.column] + plan.tracked_columns)
+        out.append(f"a key or text column changed type: now primary key {shape['primary_key']}, "
+                   f"columns {shape['columns']}")
+    return out
 
 
 def _oid_of(conn: psycopg.Connection, plan: Plan) -> tuple[int, str, str]:
