@@ -83,10 +83,8 @@ def test_rollback_gives_back_the_old_vectors_for_the_same_query(conn, run_cli, g
     # A NULL is refused meanwhile (the NOT VALID check), then the fill and a re-run restore NOT NULL.
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute("INSERT INTO docs (id, title, content) VALUES (10001, 't', 'no vector')")
-    # `reembed run PLAN --rollback-fill`, called as the command calls it.
-    from toolkit.phases.backfill import RunOptions, rollback_fill
-    summary = rollback_fill(database, PLAN, RunOptions(progress=False))
-    assert summary.counters.rows_written == 1
+    fill = run_cli("run", PLAN, "--rollback-fill", "--no-progress", "--json")
+    assert fill.exit_code == 0, fill.output
     np.testing.assert_allclose(vector_of(conn, "embedding", 10000), expected_vector(
         "ollama:nomic-embed-text", new_text, task_type="RETRIEVAL_DOCUMENT", dimensions=768), atol=1e-6)
     again = run_cli("rollback", PLAN)
