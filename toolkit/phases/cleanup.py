@@ -49,11 +49,15 @@ def planned_sql(plan: Plan) -> list[sql.Composable]:
     return out
 
 
-def _bound_elsewhere(conn: psycopg.Connection, oid: int, column: str, own_indexes: set[str]) -> list[str]:
+def _bound_elsewhere(conn: psycopg.Connection, oid: int, column: str, schema: str, own_indexes: set[str]) -> list[str]:
     captured = dependents.capture(conn, oid, column)
     found = [f"{kind} {', '.join(names)}" for kind, names in captured.summary().items()
              if kind not in ("comment", "grant", "statistics_target")]
-    found += [f"index {i}" for i in captured.indexes if i.split(".")[-1].strip('"') not in own_indexes]
+    # Compare names quoted the same way capture() quotes them: parsing quoted names back breaks on
+    # an index whose name holds a quote or a dot.
+    own = {row[0] for row in conn.execute("SELECT format('%%I.%%I', %s::text, i) FROM unnest(%s::text[]) AS i",
+                                          (schema, sorted(own_indexes)))}
+    found += [f"index {i}" for i in captured.indexes if i not in own]
     found += captured.unsupported
     return found
 
@@ -66,7 +70,7 @@ def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: s
     exists = swap.column_state(conn, oid, column) is not None
     result = DropResult(phase=phase, column=column, column_existed=exists, index=index)
     if exists:
-        blockers = _bound_elsewhere(conn, oid, column, {index} if index else set())
+        blockers = _bound_elsewhere(conn, oid, column, plan.table_schema, {index} if index else set())
         if blockers:
             raise GateFailed(f"{'; '.join(blockers)} still use(s) column {column} of {plan.table_display}: "
                              "drop or re-point them first (reembed drops without CASCADE); nothing was dropped")
