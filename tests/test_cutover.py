@@ -137,13 +137,17 @@ def test_cutover_refuses_an_incomplete_backfill_and_changes_nothing(conn, run_cl
     backfilled(conn, run_cli)
     conn.execute("UPDATE docs SET content = 'rewritten after the backfill' WHERE id = 3")  # tracking: pending
     before = (columns(conn), indexes(conn))
-    result = run_cli("cutover", PLAN, "--force")
+    result = run_cli("cutover", PLAN, "--force", "--catch-up-rows", "0")
     assert result.exit_code == 1
     assert "1 rows are pending" in result.stderr and f"reembed run {PLAN}" in result.stderr
     assert (columns(conn), indexes(conn)) == before and plan_row(conn)[0] == "indexed"
-    # Once re-embedded, the same command goes through.
-    assert run_cli("run", PLAN, "--no-progress").exit_code == 0
-    assert run_cli("cutover", PLAN, "--force").exit_code == 0
+    # By default cutover embeds the few rows a live application changed, before taking the lock.
+    result = run_cli("cutover", PLAN, "--force")
+    assert result.exit_code == 0, result.stderr
+    assert "embedded 1 rows the application changed since the last run, before the lock" in result.stdout
+    want = expected_vector(TARGET, "rewritten after the backfill", task_type="RETRIEVAL_DOCUMENT",
+                           title="title 3", dimensions=768)
+    np.testing.assert_allclose(vector_of(conn, "embedding", 3), want, atol=1e-6)
 
 
 def test_cutover_refuses_without_index_or_before_it(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]

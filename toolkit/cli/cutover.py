@@ -10,7 +10,7 @@ from toolkit import render
 from toolkit.cli.common import cli, connected, dsn_option, echo_json, handle_errors, json_option
 from toolkit.phases.cleanup import abandon as abandon_plan
 from toolkit.phases.cleanup import cleanup as cleanup_plan
-from toolkit.phases.cutover import CutoverOptions
+from toolkit.phases.cutover import DEFAULT_CATCH_UP_ROWS, CutoverOptions
 from toolkit.phases.cutover import cutover as cutover_plan
 from toolkit.phases.locking import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_RETRIES
 from toolkit.phases.rollback import rollback as rollback_plan
@@ -42,11 +42,14 @@ def _recreated(recreated: dict[str, list[str]]) -> list[str]:
 @click.option("--refresh-matviews", is_flag=True,
               help="Re-create and fill materialized views on the column inside the swap (the lock is then held "
                    "as long as their queries take). Without it, such views make cutover refuse.")
+@click.option("--catch-up-rows", type=click.IntRange(0, 1_000_000), default=DEFAULT_CATCH_UP_ROWS, show_default=True,
+              metavar="N", help="Embed up to N rows the application changed since the last run (before the lock, "
+                                "with the target provider); more is refused as an incomplete backfill. 0: never.")
 @dsn_option
 @json_option
 @handle_errors
-def cutover(plan_ref: str, lock_timeout: int, retries: int, force: bool, refresh_matviews: bool, dsn: str | None,
-            as_json: bool) -> None:
+def cutover(plan_ref: str, lock_timeout: int, retries: int, force: bool, refresh_matviews: bool, catch_up_rows: int,
+            dsn: str | None, as_json: bool) -> None:
     """Swap PLAN's new vectors in under the column's own name, in one short transaction, so the
     application's unchanged SQL (`ORDER BY embedding <=> $1`) reads them through the new index.
 
@@ -59,10 +62,10 @@ def cutover(plan_ref: str, lock_timeout: int, retries: int, force: bool, refresh
     Prints how long the table's lock was held.
     """
     options = CutoverOptions(lock_timeout_ms=lock_timeout, retries=retries, force=force,
-                             refresh_matviews=refresh_matviews)
-    with connected(dsn) as (_, conn):
+                             refresh_matviews=refresh_matviews, catch_up_rows=catch_up_rows)
+    with connected(dsn) as (db, conn):
         plan, record = load(conn, plan_ref)
-        result = cutover_plan(conn, plan, record, options, on_retry=None if as_json else _retry_echo)
+        result = cutover_plan(conn, plan, record, options, on_retry=None if as_json else _retry_echo, db=db)
     if as_json:
         echo_json(result.to_json())
         return

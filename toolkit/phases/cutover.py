@@ -3,7 +3,8 @@
 Check (refuses before touching anything): the backfill is complete (nothing pending, nothing
 stale, every row with text has a new vector), the new index is valid and ready, the last
 verify of the current state passed (`--force` skips only this), nothing binds to the column
-that cannot be re-pointed, materialized views only with `--refresh-matviews`.
+that cannot be re-pointed, materialized views only with `--refresh-matviews`. Rows a live
+application changed since the last run (up to --catch-up-rows) are embedded first, outside the lock.
 Action: one short transaction (see toolkit.phases.swap), retried on lock timeout with jitter.
 Inverse: `reembed rollback` (toolkit.phases.rollback).
 """
@@ -16,6 +17,7 @@ from typing import Any, Callable
 import psycopg
 from psycopg import sql
 
+from toolkit.db import Database
 from toolkit.errors import GateFailed
 from toolkit.phases import dependents, swap
 from toolkit.phases.ddl import template
@@ -24,6 +26,8 @@ from toolkit.plan import Plan, layout
 from toolkit.state import PlanRecord
 
 CUTOVER_PHASES = ("indexed", "verified", "rolled_back")
+DEFAULT_CATCH_UP_ROWS = 1000
+CATCH_UP_TRIES = 5
 
 
 @dataclass
@@ -32,6 +36,13 @@ class CutoverOptions:
     retries: int = DEFAULT_RETRIES
     force: bool = False  # skip the verify gate, and only it
     refresh_matviews: bool = False
+    # Rows the live application changed since the last run: cutover embeds up to this many
+    # itself, before the lock, so it can succeed under steady writes. 0: refuse instead.
+    catch_up_rows: int = DEFAULT_CATCH_UP_ROWS
+
+
+class BackfillIncomplete(GateFailed):
+    """Rows are pending, stale or uncovered: the new column is not complete yet."""
 
 
 @dataclass
@@ -117,7 +128,8 @@ def check(conn: psycopg.Connection, plan: Plan, record: PlanRecord, options: Cut
     if state.uncovered:
         problems.append(f"{state.uncovered} rows with text have no new vector")
     if problems:
-        raise GateFailed(f"the backfill is not complete ({'; '.join(problems)}): run `reembed run {plan.name}`")
+        raise BackfillIncomplete(f"the backfill is not complete ({'; '.join(problems)}): "
+                                 f"run `reembed run {plan.name}`")
     if plan.column_not_null and state.without_vector:
         raise GateFailed(f"{plan.column} is NOT NULL but {state.without_vector} rows have no new vector (blank text "
                          "the model cannot embed): fill or delete them, or drop NOT NULL, before cutover")
@@ -142,8 +154,8 @@ def recheck(plan: Plan, record: PlanRecord) -> Callable[[psycopg.Connection], No
     def run(conn: psycopg.Connection) -> None:
         pending = conn.execute(template("cutover_recheck", plan_id=sql.Literal(record.id))).fetchone()[0]  # type: ignore[index]
         if pending:
-            raise GateFailed(f"{pending} rows were inserted or changed since the check: run `reembed run {plan.name}` "
-                             "and cut over again; nothing was changed")
+            raise BackfillIncomplete(f"{pending} rows were inserted or changed since the check: run "
+                                     f"`reembed run {plan.name}` and cut over again; nothing was changed")
         why = index_ready(conn, plan, record.phase)
         if why:
             raise GateFailed(why)
@@ -162,12 +174,45 @@ class CutoverResult:
 
 
 def cutover(conn: psycopg.Connection, plan: Plan, record: PlanRecord, options: CutoverOptions,
-            on_retry: Callable[[int, float, float], None] | None = None) -> CutoverResult:
+            on_retry: Callable[[int, float, float], None] | None = None, db: Database | None = None) -> CutoverResult:
+    """Check, catch up with the live application (when `db` is given), swap.
+
+    Rows the application changes between the last run and the lock are embedded here, before
+    the lock and never under it; a row changed in the instant between catch-up and lock makes
+    the in-lock re-check refuse that try, and the next try catches up again.
+    """
     if record.phase == "cut_over":  # re-run: finish what needs a scan (VALIDATE, NOT NULL), nothing else
         notes = swap.finish(conn, plan, record, lock_timeout_ms=options.lock_timeout_ms, retries=options.retries)
         return CutoverResult(check=None, swap=None, notes=["already cut over"] + notes)
-    result = check(conn, plan, record, options)
-    outcome = swap.perform(conn, plan, record, exchange(plan), recheck=recheck(plan, record),
-                           lock_timeout_ms=options.lock_timeout_ms, retries=options.retries,
-                           refresh_matviews=options.refresh_matviews, on_retry=on_retry)
-    return CutoverResult(check=result, swap=outcome, notes=list(outcome.notes))
+    caught_up = 0
+    for attempt in range(1, CATCH_UP_TRIES + 1):
+        if db is not None and options.catch_up_rows:
+            caught_up += catch_up(db, conn, plan, record, options.catch_up_rows)
+        try:
+            result = check(conn, plan, record, options)
+            outcome = swap.perform(conn, plan, record, exchange(plan), recheck=recheck(plan, record),
+                                   lock_timeout_ms=options.lock_timeout_ms, retries=options.retries,
+                                   refresh_matviews=options.refresh_matviews, on_retry=on_retry)
+        except BackfillIncomplete:
+            if db is None or not options.catch_up_rows or attempt == CATCH_UP_TRIES:
+                raise
+            continue
+        notes = list(outcome.notes)
+        if caught_up:
+            notes.insert(0, f"embedded {caught_up} rows the application changed since the last run, before the lock")
+        return CutoverResult(check=result, swap=outcome, notes=notes)
+    raise AssertionError("unreachable")
+
+
+def catch_up(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanRecord, limit: int) -> int:
+    """Embed the few rows left pending by a live application; more than `limit` is a backlog for
+    `reembed run`, refused by the gate as before. Returns the rows written."""
+    from toolkit.phases import ledger
+    from toolkit.phases.backfill import RunOptions
+    from toolkit.phases.backfill import run as run_backfill
+
+    pending, _ = ledger.pending_counts(conn, record.id)
+    if not pending or pending > limit:
+        return 0
+    summary = run_backfill(db, plan.name, RunOptions(progress=False))
+    return summary.counters.rows_written
