@@ -60,22 +60,12 @@ def _lifecycle_under_load(conn, run_cli, gemini, database, tmp_path, *, rows: in
         res = phase("verify", "verify", PLAN, "--no-source", "--json")
         verify_verdict = "passed" if res.exit_code == 0 else "failed: " + ", ".join(
             c["name"] for c in json.loads(res.stdout)["checks"] if not c["passed"]) if res.stdout.strip() else res.stderr
-        # The application changes rows all the time, so the verification can never describe the
-        # current state and pending rows come back between `run` and `cutover`: catch up, cut over,
-        # and count the refusals (each one changes nothing).
-        for attempt in range(1, 21):
-            # In-process, as a warm `run && cutover` loop: with a fresh `reembed run` process
-            # (~2.5 s of start-up here) the pending rows of that gap refused 20 of 20 tries.
-            res = run_cli("run", PLAN, "--no-progress", "--batch-size", "50")
-            assert res.exit_code == 0, res.output
-            res = phase("cutover", "cutover", PLAN, "--force", "--json")
-            if res.exit_code == 0:
-                attempts.append("ok")
-                break
-            assert res.exit_code == 1 and ("backfill is not complete" in res.stderr
-                                           or "changed since the check" in res.stderr), res.output
-            assert plan_row(conn)[0] in ("indexed", "verified")
-            attempts.append(res.stderr.strip()[:80])
+        # The application changes rows all the time: cutover embeds what it changed since `run`
+        # before the lock, and the verification stays valid for those few rows, so one cutover
+        # goes through, without --force.
+        res = phase("cutover", "cutover", PLAN, "--json")
+        assert res.exit_code == 0, (verify_verdict, res.output)
+        attempts.append("ok")
         assert plan_row(conn)[0] == "cut_over", attempts
         time.sleep(1.0)  # the application keeps going on the swapped-in column
     finally:

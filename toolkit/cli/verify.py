@@ -35,6 +35,9 @@ _D = VerifyOptions()
               help="sanity: largest |norm - 1| accepted.")
 @click.option("--max-duplicates", type=int, default=_D.max_duplicates, show_default=True,
               help="sanity: rows allowed to share a vector with a different text.")
+@click.option("--max-pending", type=int, default=None,
+              help="freshness: rows changed by the application and queued for re-embedding that may remain "
+                   "(default: 0.1% of rows, at least 20).")
 @click.option("--outlier-sigmas", type=float, default=_D.outlier_sigmas, show_default=True,
               help="outliers: a vector whose cosine to the corpus centroid is below SIGMAS/sqrt(dims) looks "
                    "random (0 disables).")
@@ -55,7 +58,7 @@ _D = VerifyOptions()
 @handle_errors
 def verify(plan: str, queries_file: Path | None, sample: int, k: int, no_source: bool, min_recall: float,
            ef_search: int | None, probes: int | None, norm_tolerance: float, max_duplicates: int,
-           outlier_sigmas: float, max_outliers: int, fidelity_cosine: float, min_fidelity: float,
+           max_pending: int | None, outlier_sigmas: float, max_outliers: int, fidelity_cosine: float, min_fidelity: float,
            min_self_retrieval: float, margin: float, min_overlap: float, dsn: str | None, as_json: bool) -> None:
     """Say, with evidence, whether PLAN's new vectors are ready to replace the old ones.
 
@@ -78,7 +81,7 @@ def verify(plan: str, queries_file: Path | None, sample: int, k: int, no_source:
     options = VerifyOptions(
         sample=sample, k=k, queries=read_queries(queries_file) if queries_file else None, no_source=no_source,
         min_recall=min_recall, ef_search=ef_search, probes=probes, norm_tolerance=norm_tolerance,
-        max_duplicates=max_duplicates, outlier_sigmas=outlier_sigmas, max_outliers=max_outliers,
+        max_duplicates=max_duplicates, max_pending=max_pending, outlier_sigmas=outlier_sigmas, max_outliers=max_outliers,
         fidelity_cosine=fidelity_cosine, min_fidelity=min_fidelity, min_self_retrieval=min_self_retrieval,
         margin=margin, min_overlap=min_overlap, progress=not as_json)
     with connected(dsn) as (db, conn):

@@ -29,6 +29,9 @@ class VerifyOptions:
     max_duplicates: int = 0  # rows whose vector equals the vector of a different text
     outlier_sigmas: float = 4.0  # "looks like noise": cosine to the corpus centroid below sigmas/sqrt(dims)
     max_outliers: int = 0
+    # freshness: rows the live application changed that wait, tracked, for re-embedding (run or
+    # cutover's catch-up take them). None: 0.1% of the rows, at least 20 (as the cutover gate).
+    max_pending: int | None = None
     min_recall: float = 0.95
     ef_search: int | None = None  # None: the session's hnsw.ef_search, i.e. what the application gets
     probes: int | None = None  # ivfflat.probes, likewise
@@ -52,8 +55,8 @@ class VerifyOptions:
         for name in ("norm_tolerance", "margin", "outlier_sigmas"):
             if getattr(self, name) < 0:
                 raise BadInput(f"--{name.replace('_', '-')} must not be negative")
-        for name in ("max_duplicates", "max_outliers"):
-            if getattr(self, name) < 0:
+        for name in ("max_duplicates", "max_outliers", "max_pending"):
+            if (getattr(self, name) or 0) < 0:
                 raise BadInput(f"--{name.replace('_', '-')} must not be negative")
         for name in ("ef_search", "probes"):
             value = getattr(self, name)

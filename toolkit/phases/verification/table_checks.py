@@ -61,18 +61,29 @@ def freshness(conn: psycopg.Connection, subject: Subject, options: VerifyOptions
     done, pending, stale, untracked = _read(conn, template("verify_freshness", **parts))[0]
     examples = [{"key": k, "embedded_before": at.isoformat()} for k, at in _read(conn, template("verify_stale", **parts))
                 ] if stale else []
+    from toolkit.phases.verify import drift_tolerance
+
+    # Pending rows are tracked changes queued for re-embedding (a live application makes a few all
+    # the time); stale and untracked rows are vectors nothing will ever fix. Only the first may be
+    # tolerated, and only a few.
+    allowed = options.max_pending if options.max_pending is not None else drift_tolerance(done + pending)
     problems = []
     if stale:
         problems.append(f"{stale} rows embedded from text they no longer have (e.g. "
                         f"{', '.join(e['key'] for e in examples[:3])}): change tracking missed their update")
-    if pending:
-        problems.append(f"{pending} rows pending (run `reembed run {subject.plan.name}`)")
+    if pending > allowed:
+        problems.append(f"{pending} rows pending, more than {allowed} (run `reembed run {subject.plan.name}`)")
     if untracked:
         problems.append(f"{untracked} vectors with no ledger entry")
-    summary = "; ".join(problems) if problems else f"all {done} embedded rows match their current text and title"
-    return CheckResult("freshness", not problems, stale + pending + untracked, 0, summary,
+    if problems:
+        summary = "; ".join(problems)
+    else:
+        summary = f"all {done} embedded rows match their current text and title" + (
+            f"; {pending} changed rows queued for re-embedding" if pending else "")
+    return CheckResult("freshness", not problems, stale + pending + untracked,
+                       f"0 stale, <= {allowed} pending", summary,
                        {"rows_done": done, "rows_stale": stale, "rows_pending": pending, "rows_untracked": untracked,
-                        "stale_examples": examples})
+                        "max_pending": allowed, "stale_examples": examples})
 
 
 def sanity(conn: psycopg.Connection, subject: Subject, options: VerifyOptions) -> CheckResult:
