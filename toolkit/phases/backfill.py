@@ -387,6 +387,7 @@ def run(db: Database, plan_ref: str, options: RunOptions) -> RunSummary:
             set_phase(conn, record.id, "backfilling", "backfill started")
             record.phase = "backfilling"
         target = layout(plan, record.phase).new
+        run_began = ledger.database_now(conn)
         started = time.monotonic()
         before = ledger.progress(conn, record.id)
         log_event(conn, record.id, "run", f"run started: {before.rows_pending} rows pending",
@@ -398,8 +399,14 @@ def run(db: Database, plan_ref: str, options: RunOptions) -> RunSummary:
             counters = _run_workers(db, plan, record, options, before)
         seconds = time.monotonic() - started
         after = ledger.progress(conn, record.id)
-        if after.rows_pending == 0 and record.phase == "backfilling":
-            set_phase(conn, record.id, "backfilled", f"backfill complete: {after.rows_embedded} rows embedded",
+        # Complete: every row embedded, but for a small tail the live application changed during
+        # the run's last sweep (tracked; the next run or cutover's catch-up takes it). A run stopped
+        # early leaves rows that were pending when it began, and stays backfilling.
+        live_tail = (after.rows_pending <= ledger.live_tail_tolerance(after.rows_total)
+                     and ledger.pending_changed_before(conn, record.id, run_began) == 0)
+        if record.phase == "backfilling" and (after.rows_pending == 0 or live_tail):
+            set_phase(conn, record.id, "backfilled", f"backfill complete: {after.rows_embedded} rows embedded"
+                      + (f", {after.rows_pending} changed meanwhile pending" if after.rows_pending else ""),
                       after.to_json())
             record.phase = "backfilled"
         loop = counters.loop_seconds or seconds

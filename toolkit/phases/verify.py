@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 from toolkit.config import scrub
 from toolkit.db import Database
 from toolkit.errors import GateFailed
+from toolkit.phases.ledger import live_tail_tolerance
 from toolkit.phases.verification import agreement as agreement_check
 from toolkit.phases.verification import index_checks, model_checks, table_checks
 from toolkit.phases.verification.models import Model
@@ -59,10 +60,6 @@ class VerifyResult:
 
 
 # -- the state a verdict is about ----------------------------------------------------------------
-
-DRIFT_SHARE = 0.001
-DRIFT_MIN_ROWS = 20
-
 
 def state_snapshot(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> dict[str, Any]:
     """What verify's verdict depends on, in a form independent of the phase (cutover renames the
@@ -123,16 +120,11 @@ def verification_gate(conn: psycopg.Connection, plan: Plan, record: PlanRecord) 
     drift, total = conn.execute(
         "SELECT count(*) FILTER (WHERE changed_at > %s), count(*) FROM reembed.ledger WHERE plan_id = %s",
         (at, record.id)).fetchone()
-    tolerance = drift_tolerance(total)
+    tolerance = live_tail_tolerance(total)
     if drift > tolerance:
         return False, (f"{drift} rows changed since it was verified ({when}), more than the {tolerance} a "
                        f"verification stays valid for; run `reembed verify {plan.name}` again")
     return True, f"verified {when}; {drift} rows changed since (within {tolerance}), re-embedded by the same path"
-
-
-def drift_tolerance(rows: int) -> int:
-    """Rows that may change after a passing verify before it must be run again: 0.1%, at least 20."""
-    return max(DRIFT_MIN_ROWS, int(rows * DRIFT_SHARE))
 
 
 # -- check, action -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from toolkit.phases.ledger import live_tail_tolerance
 from toolkit.phases.prepare import key_json
 from toolkit.phases.verification.options import CheckResult, VerifyOptions
 from toolkit.phases.verification.subject import Subject, template
@@ -37,8 +38,12 @@ def _parts(subject: Subject) -> dict[str, sql.Composable]:
 
 def coverage(conn: psycopg.Connection, subject: Subject, options: VerifyOptions) -> CheckResult:
     parts = _parts(subject)
-    total, with_text, covered = _read(conn, template("verify_coverage", **parts))[0]
+    total, with_text, covered, queued = _read(conn, template("verify_coverage", **parts))[0]
     missing = with_text - covered
+    # New rows the application inserted since the last run wait, tracked, in the ledger; like
+    # freshness, a few of those are tolerated; a row nothing will ever embed is not.
+    allowed = options.max_pending if options.max_pending is not None else live_tail_tolerance(total)
+    forgotten = missing - queued
     uncovered = [{"key": k, "ledger_state": s or "untracked", "skip_reason": r}
                  for k, s, r in _read(conn, template("verify_uncovered", **parts))] if missing else []
     skipped = [{"reason": reason, "rows": rows, "examples": examples} for reason, rows, examples in _read(
@@ -46,13 +51,17 @@ def coverage(conn: psycopg.Connection, subject: Subject, options: VerifyOptions)
     fraction = covered / with_text if with_text else 1.0
     skipped_rows = sum(s["rows"] for s in skipped)
     summary = f"{covered}/{with_text} rows with text have a new vector"
-    if missing:
-        summary += f"; {missing} missing (e.g. {', '.join(u['key'] for u in uncovered[:3])})"
+    if forgotten:
+        summary += f"; {forgotten} missing (e.g. {', '.join(u['key'] for u in uncovered[:3])})"
+    if queued:
+        summary += f"; {queued} new rows queued for embedding" + (f", more than {allowed}" if queued > allowed else "")
     if skipped_rows:
         summary += f"; {skipped_rows} skipped: " + ", ".join(f"{s['rows']} {s['reason']}" for s in skipped[:3])
-    return CheckResult("coverage", missing == 0, round(fraction, 6), 1.0, summary,
+    return CheckResult("coverage", forgotten == 0 and queued <= allowed, round(fraction, 6),
+                       1.0, summary,
                        {"rows_total": total, "rows_with_text": with_text, "rows_covered": covered,
-                        "rows_missing": missing, "rows_without_text": total - with_text, "missing_examples": uncovered,
+                        "rows_missing": missing, "rows_queued": queued, "max_pending": allowed,
+                        "rows_without_text": total - with_text, "missing_examples": uncovered,
                         "skipped": skipped})
 
 
@@ -61,12 +70,10 @@ def freshness(conn: psycopg.Connection, subject: Subject, options: VerifyOptions
     done, pending, stale, untracked = _read(conn, template("verify_freshness", **parts))[0]
     examples = [{"key": k, "embedded_before": at.isoformat()} for k, at in _read(conn, template("verify_stale", **parts))
                 ] if stale else []
-    from toolkit.phases.verify import drift_tolerance
-
     # Pending rows are tracked changes queued for re-embedding (a live application makes a few all
     # the time); stale and untracked rows are vectors nothing will ever fix. Only the first may be
     # tolerated, and only a few.
-    allowed = options.max_pending if options.max_pending is not None else drift_tolerance(done + pending)
+    allowed = options.max_pending if options.max_pending is not None else live_tail_tolerance(done + pending)
     problems = []
     if stale:
         problems.append(f"{stale} rows embedded from text they no longer have (e.g. "
