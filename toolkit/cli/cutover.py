@@ -127,8 +127,16 @@ def rollback(plan_ref: str, lock_timeout: int, retries: int, refresh_matviews: b
                    + (f" and {more} more" if more > 0 else ""))
 
 
-def _drop_report(kind: str, plan_name: str, result: Any) -> None:
-    click.echo(f"plan {plan_name}: {kind}. Dropped column {result.column}"
+def _drop_command(action: Any, kind: str, plan_ref: str, lock_timeout: int, retries: int, dsn: str | None,
+                  as_json: bool) -> None:
+    """cleanup and abandon: the same drop of one column, its index and the tracking, and one report."""
+    with connected(dsn) as (_, conn):
+        plan, record = load(conn, plan_ref)
+        result = action(conn, plan, record, lock_timeout_ms=lock_timeout, retries=retries)
+    if as_json:
+        echo_json(result.to_json())
+        return
+    click.echo(f"plan {plan.name}: {kind}. Dropped column {result.column}"
                + (f", index {result.index}" if result.index else "") + " and the change tracking.")
     for note in result.notes:
         click.echo(f"  {note}")
@@ -149,10 +157,7 @@ def cleanup(plan_ref: str, lock_timeout: int, retries: int, dsn: str | None, as_
     column's space returns only when the table is rewritten (VACUUM FULL, or pg_repack
     online); the report says how much.
     """
-    with connected(dsn) as (_, conn):
-        plan, record = load(conn, plan_ref)
-        result = cleanup_plan(conn, plan, record, lock_timeout_ms=lock_timeout, retries=retries)
-    echo_json(result.to_json()) if as_json else _drop_report("cleaned up", plan.name, result)
+    _drop_command(cleanup_plan, "cleaned up", plan_ref, lock_timeout, retries, dsn, as_json)
 
 
 @cli.command()
@@ -164,7 +169,4 @@ def cleanup(plan_ref: str, lock_timeout: int, retries: int, dsn: str | None, as_
 def abandon(plan_ref: str, lock_timeout: int, retries: int, dsn: str | None, as_json: bool) -> None:
     """Give up PLAN before cutover (or after a rollback): drop the new vectors' column and index
     and the change tracking. The table is left as it was before the plan."""
-    with connected(dsn) as (_, conn):
-        plan, record = load(conn, plan_ref)
-        result = abandon_plan(conn, plan, record, lock_timeout_ms=lock_timeout, retries=retries)
-    echo_json(result.to_json()) if as_json else _drop_report("abandoned", plan.name, result)
+    _drop_command(abandon_plan, "abandoned", plan_ref, lock_timeout, retries, dsn, as_json)
