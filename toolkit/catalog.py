@@ -197,7 +197,7 @@ def inspect_table(conn: psycopg.Connection, name: str) -> TableInfo:
     return load_table(conn, oid, schema, table)
 
 
-def load_table(conn: psycopg.Connection, oid: int, schema: str, table: str) -> TableInfo:
+def _columns_and_key(conn: psycopg.Connection, oid: int) -> tuple[list[Column], list[Column]]:
     cur = conn.cursor(row_factory=dict_row)
     columns = [
         Column(
@@ -214,7 +214,21 @@ def load_table(conn: psycopg.Connection, oid: int, schema: str, table: str) -> T
     by_num = {c.attnum: c for c in columns}
     pk_row = cur.execute(
         "SELECT conkey FROM pg_constraint WHERE conrelid = %s AND contype = 'p'", (oid,)).fetchone()
-    primary_key = [by_num[n] for n in pk_row["conkey"]] if pk_row else []
+    return columns, [by_num[n] for n in pk_row["conkey"]] if pk_row else []
+
+
+def load_shape(conn: psycopg.Connection, oid: int, schema: str, table: str) -> TableInfo:
+    """Columns and primary key only (no indexes, dependents, sizes or counts): what a plan's
+    fingerprint is made of, cheap enough for every command to check."""
+    columns, primary_key = _columns_and_key(conn, oid)
+    return TableInfo(oid=oid, schema=schema, name=table, primary_key=primary_key, columns=columns, indexes=[],
+                     dependents=[], rows_estimate=0, heap_bytes=0, toast_bytes=0, index_bytes=0)
+
+
+def load_table(conn: psycopg.Connection, oid: int, schema: str, table: str) -> TableInfo:
+    columns, primary_key = _columns_and_key(conn, oid)
+    by_num = {c.attnum: c for c in columns}
+    cur = conn.cursor(row_factory=dict_row)
     sizes = cur.execute(
         """SELECT c.reltuples::bigint AS reltuples, pg_relation_size(c.oid) AS heap,
                   COALESCE(pg_total_relation_size(NULLIF(c.reltoastrelid, 0)), 0) AS toast,

@@ -215,10 +215,8 @@ def load(conn: psycopg.Connection, plan_ref: str) -> tuple[Plan, PlanRecord]:
 
 def check_table_unchanged(conn: psycopg.Connection, plan: Plan) -> None:
     """Refuse when the table's key or planned columns no longer look as they did at planning."""
-    from toolkit.state import FINAL_PHASES  # noqa: F401  (phases after cutover rename columns on purpose)
-
     try:
-        info = catalog.load_table(conn, *_oid_of(conn, plan))
+        info = catalog.load_shape(conn, *_oid_of(conn, plan))
     except BadInput:
         raise BadInput(f"table {plan.table_display} of plan {plan.name!r} no longer exists") from None
     expected = plan.table_fingerprint
