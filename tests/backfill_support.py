@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import psycopg
@@ -55,25 +55,29 @@ def mismatches(conn: psycopg.Connection, column: str, table: str = "docs", title
                dims: int = 768) -> list[str]:
     """Every row whose stored vector is not the float32 vector the target gives for its current
     text and title (a missing vector counts, except for empty text, which must have none)."""
-    bad = []
     rows = conn.execute(sql.SQL("SELECT id, content, title, {} FROM {} ORDER BY id").format(
         sql.Identifier(column), sql.Identifier(table))).fetchall()
-    for id_, content, title_, vector in rows:
-        if content is None or not content.strip():
-            if vector is not None:
-                bad.append(f"{id_}: empty text but a vector")
-            continue
-        if vector is None:
-            bad.append(f"{id_}: no vector")
-            continue
-        want = expected_vector(TARGET, content, task_type="RETRIEVAL_DOCUMENT", title=title_ if title else None,
-                               dimensions=dims)
-        got = np.asarray(vector.to_numpy() if hasattr(vector, "to_numpy") else vector, dtype=np.float32)
-        # Float32 precision: the provider and expected_vector may normalize in a different order
-        # (last-bit differences, ~1e-8); a vector of another text differs by ~1e-2.
-        if got.shape != want.shape or not np.allclose(got, want, rtol=0, atol=FLOAT32_ATOL):
-            bad.append(f"{id_}: max diff {float(np.max(np.abs(got - want))):.3g}")
-    return bad
+    return [problem for id_, content, title_, vector in rows
+            if (problem := vector_problem(id_, content, vector, lambda: expected_vector(
+                TARGET, content, task_type="RETRIEVAL_DOCUMENT", title=title_ if title else None,
+                dimensions=dims)))]
+
+
+def vector_problem(key: object, text: str | None, vector: object, want: Callable[[], np.ndarray]) -> str | None:
+    """What is wrong with one row's stored vector, or None: blank text must have no vector, other
+    text exactly `want()` at float32 precision (the provider and expected_vector may normalize in
+    a different order: last-bit differences, ~1e-8; a vector of another text differs by ~1e-2)."""
+    if text is None or not text.strip():
+        return f"{key}: blank text but a vector" if vector is not None else None
+    if vector is None:
+        return f"{key}: no vector"
+    expected = want()
+    got = np.asarray(vector.to_numpy() if hasattr(vector, "to_numpy") else vector, dtype=np.float32)
+    if got.shape != expected.shape:
+        return f"{key}: shape {got.shape}, expected {expected.shape}"
+    if not np.allclose(got, expected, rtol=0, atol=FLOAT32_ATOL):
+        return f"{key}: max diff {float(np.max(np.abs(got - expected))):.3g}"
+    return None
 
 
 def reembed_subprocess(*args: str, env_extra: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:  # type: ignore[no-untyped-def]

@@ -28,12 +28,12 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from backfill_support import vector_problem
 from toolkit.emulators import expected_vector
 from toolkit.plan import layout, load
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-FLOAT32_ATOL = 1e-6
 RESULTS = Path(os.environ.get("REEMBED_RELIABILITY_RESULTS",
                               str(Path(tempfile.gettempdir()) / "reembed-reliability-results.jsonl")))
 
@@ -50,21 +50,9 @@ def lost_rows(conn: psycopg.Connection, plan_name: str, column: str | None = Non
     rows = conn.execute(sql.SQL("SELECT {key}, {text}, {title}, {vec} FROM {table} AS t").format(
         key=key_json(plan, "t"), text=plan.text_expression("t"), title=plan.title_expression("t"),
         vec=sql.Identifier("t", column), table=plan.table)).fetchall()
-    bad = []
-    for key, text, title, vector in rows:
-        if text is None or not text.strip():
-            if vector is not None:
-                bad.append(f"{key}: blank text but a vector")
-            continue
-        if vector is None:
-            bad.append(f"{key}: no vector")
-            continue
-        want = expected_vector(plan.target, text, task_type=plan.document_task, title=title,
-                               dimensions=plan.dimensions)
-        got = np.asarray(vector.to_numpy() if hasattr(vector, "to_numpy") else vector, dtype=np.float32)
-        if got.shape != want.shape or not np.allclose(got, want, rtol=0, atol=FLOAT32_ATOL):
-            bad.append(f"{key}: max diff {float(np.max(np.abs(got - want))) if got.shape == want.shape else 'shape'}")
-    return bad
+    return [problem for key, text, title, vector in rows
+            if (problem := vector_problem(key, text, vector, lambda: expected_vector(
+                plan.target, text, task_type=plan.document_task, title=title, dimensions=plan.dimensions)))]
 
 
 def assert_nothing_lost(conn: psycopg.Connection, plan_name: str, column: str | None = None) -> int:
