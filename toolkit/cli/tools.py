@@ -33,7 +33,7 @@ def embed_query(text: str, plan_ref: str | None, source: bool, dsn: str | None) 
     Before cutover `embedding` holds the source model's vectors (use --source); after cutover
     the target's (the default). Provider settings come from the environment as for `reembed run`.
     """
-    from toolkit.demo.query import embed_query_for_plan, vector_literal
+    from toolkit.query import embed_query_for_plan, vector_literal
 
     with connected(dsn) as (_, conn):
         vector = embed_query_for_plan(conn, text, plan_ref=plan_ref, source=source)

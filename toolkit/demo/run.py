@@ -23,7 +23,8 @@ from toolkit.db import Database
 from toolkit.demo import corpus, store
 from toolkit.demo.narrate import Narrator
 from toolkit.demo.providers import DemoProviders
-from toolkit.demo.query import QueryResult, embed_query, retrieval_sql, run_retrieval
+from toolkit.demo.query import QueryResult, retrieval_sql, run_retrieval
+from toolkit.query import embed_query
 from toolkit.errors import GateFailed
 from toolkit.plan import DEFAULT_SOURCE, DEFAULT_TARGET, Plan
 from toolkit.providers.base import ModelRef
