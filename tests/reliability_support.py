@@ -30,7 +30,8 @@ from psycopg import sql
 
 from backfill_support import vector_problem
 from toolkit.emulators import expected_vector
-from toolkit.plan import layout, load
+from toolkit.plan import load
+from toolkit.strategies import places
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -46,10 +47,12 @@ def lost_rows(conn: psycopg.Connection, plan_name: str, column: str | None = Non
     from toolkit.phases.prepare import key_json
 
     plan, record = load(conn, plan_name)
-    column = column or layout(plan, record.phase).new
+    new = places(plan, record.phase).new
+    table = new.ident if column is None else plan.table
+    column = column or new.column
     rows = conn.execute(sql.SQL("SELECT {key}, {text}, {title}, {vec} FROM {table} AS t").format(
         key=key_json(plan, "t"), text=plan.text_expression("t"), title=plan.title_expression("t"),
-        vec=sql.Identifier("t", column), table=plan.table)).fetchall()
+        vec=sql.Identifier("t", column), table=table)).fetchall()
     return [problem for key, text, title, vector in rows
             if (problem := vector_problem(key, text, vector, lambda: expected_vector(
                 plan.target, text, task_type=plan.document_task, title=title, dimensions=plan.dimensions)))]

@@ -36,8 +36,11 @@ def test_plan_writes_a_reviewable_file_with_an_estimate(conn: psycopg.Connection
                               "old": "embedding__old_nomic_embed_text"}
     assert spec["target"]["model"] == "gemini:gemini-embedding-001" and spec["target"]["dimensions"] == 768
     assert spec["source"]["model"] == "ollama:nomic-embed-text"
-    assert spec["index"]["method"] == "hnsw" and spec["index"]["options"] == {"m": 24, "ef_construction": 64}
-    assert spec["index"]["original_name"] == "docs_embedding_idx"
+    assert spec["strategy"] == "column"
+    [index] = spec["indexes"]
+    assert index["method"] == "hnsw" and index["options"] == {"m": 24, "ef_construction": 64}
+    assert index["original_name"] == "docs_embedding_idx"
+    assert index["body"] == "USING hnsw (embedding vector_cosine_ops) WITH (m='24')"
     estimate = spec["estimate"]
     assert estimate["rows_total"] == 300 and estimate["rows_to_embed"] == 290 and estimate["rows_empty"] == 10
     assert estimate["http_requests"] == 3 and estimate["quota_requests"] == 290

@@ -147,7 +147,7 @@ def test_invalid_index_fails_the_index_check(conn, run_cli) -> None:  # type: ig
     m = migrated(conn, run_cli, rows=300)
     # What an interrupted CREATE INDEX CONCURRENTLY leaves behind.
     conn.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass",
-                 (m.plan.index.shadow_name,))
+                 (m.plan.indexes[0].shadow_name,))
     result = run_cli("verify", PLAN, "--json", "--sample", "20")
     assert result.exit_code == 1
     index = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "index")

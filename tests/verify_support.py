@@ -98,11 +98,11 @@ def fill_shadow(conn: psycopg.Connection, plan: Plan, plan_id: int, vectors: dic
 
 
 def build_index(conn: psycopg.Connection, plan: Plan, opclass: str = "vector_cosine_ops") -> None:
-    assert plan.index is not None
+    assert plan.indexes
     # Enough memory for the graph: with the default an HNSW build is several times slower.
     conn.execute("SET maintenance_work_mem = '512MB'")
     conn.execute(sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} {}) WITH (m = 24)").format(
-        sql.Identifier(plan.index.shadow_name), plan.table, sql.Identifier(plan.shadow_column), sql.SQL(opclass)))
+        sql.Identifier(plan.indexes[0].shadow_name), plan.table, sql.Identifier(plan.shadow_column), sql.SQL(opclass)))
 
 
 def migrated(conn: psycopg.Connection, run_cli, rows: int = ROWS, *, empty: Sequence[int] = (),  # type: ignore[no-untyped-def]

@@ -47,6 +47,7 @@ class VectorIndex:
     predicate: str | None
     definition: str
     size_bytes: int
+    body: str | None = None  # the definition from USING on (see index_body)
 
 
 @dataclass
@@ -255,10 +256,14 @@ def _vector_indexes(conn: psycopg.Connection, oid: int, by_num: dict[int, Column
         """SELECT ic.relname AS name, n.nspname AS schema, am.amname AS method, i.indkey::int2[] AS indkey,
                   opc.opcname AS opclass, i.indisvalid AS valid, i.indisready AS ready,
                   pg_get_expr(i.indpred, i.indrelid) AS predicate, pg_get_indexdef(i.indexrelid) AS definition,
-                  ic.reloptions, pg_relation_size(ic.oid) AS size
+                  ic.reloptions, pg_relation_size(ic.oid) AS size,
+                  format('CREATE %%sINDEX %%I ON ', CASE WHEN i.indisunique THEN 'UNIQUE ' END, ic.relname) AS head,
+                  format('%%I.%%I ', tn.nspname, tc.relname) AS relation
            FROM pg_index i
            JOIN pg_class ic ON ic.oid = i.indexrelid
            JOIN pg_namespace n ON n.oid = ic.relnamespace
+           JOIN pg_class tc ON tc.oid = i.indrelid
+           JOIN pg_namespace tn ON tn.oid = tc.relnamespace
            JOIN pg_am am ON am.oid = ic.relam
            JOIN pg_opclass opc ON opc.oid = i.indclass[0]
            WHERE i.indrelid = %s AND am.amname IN ('hnsw', 'ivfflat')
@@ -273,8 +278,22 @@ def _vector_indexes(conn: psycopg.Connection, oid: int, by_num: dict[int, Column
         indexes.append(VectorIndex(
             name=r["name"], schema=r["schema"], column=by_num[first].name if first in by_num else None,
             method=r["method"], opclass=r["opclass"], options=options, valid=r["valid"], ready=r["ready"],
-            predicate=r["predicate"], definition=r["definition"], size_bytes=r["size"]))
+            predicate=r["predicate"], definition=r["definition"], size_bytes=r["size"],
+            body=index_body(r["definition"], r["head"], r["relation"])))
     return indexes
+
+
+def index_body(definition: str, head: str, relation: str) -> str | None:
+    """`USING method (...) [INCLUDE ...] [WITH ...] [WHERE ...]` of a `pg_get_indexdef`, which names
+    only columns, so it can be replayed on another table with the same columns. `head` and
+    `relation` are the quoted prefix PostgreSQL itself printed; None when it does not match."""
+    if not definition.startswith(head):
+        return None
+    rest = definition[len(head):]
+    rest = rest[len("ONLY "):] if rest.startswith("ONLY ") else rest
+    if not rest.startswith(relation) or not rest[len(relation):].startswith("USING "):
+        return None
+    return rest[len(relation):]
 
 
 def _dependents(conn: psycopg.Connection, oid: int, by_num: dict[int, Column], nums: set[int]) -> list[Dependent]:

@@ -17,7 +17,6 @@ FREE_TIER_RPM = 100  # the free tier counts every text as one request
 FREE_TIER_TPM = 30_000
 SAMPLE_ROWS = 1000
 EXACT_COUNT_BELOW = 2_000_000  # above this, counting would scan a big table: scale the sample instead
-HNSW_GRAPH_OVERHEAD = 1.3
 
 
 def estimate(conn: psycopg.Connection, plan: Plan, info: TableInfo, *, rpm: int | None = None,
@@ -42,12 +41,14 @@ def estimate(conn: psycopg.Connection, plan: Plan, info: TableInfo, *, rpm: int 
     to_embed = max(total - empty, 0)
     tokens = int(per_row * to_embed)
     minutes = max(to_embed / rpm, tokens / tpm) if to_embed else 0.0
-    vector_bytes = 4 * plan.dimensions + 8
+    from toolkit.strategies import strategy_for
+
+    data_bytes, index_bytes = strategy_for(plan).disk_bytes(plan, int(total))
     return Estimate(
         rows_total=int(total), rows_to_embed=int(to_embed), rows_empty=int(empty),
         http_requests=math.ceil(to_embed / limits.max_texts_per_request), quota_requests=int(to_embed),
         tokens=tokens, rpm=rpm, tpm=tpm, minutes_at_quota=round(minutes, 1),
         cost_usd=round(tokens / 1e6 * model_info(target).usd_per_million_tokens, 4),
-        shadow_column_bytes=int(total) * vector_bytes,
-        shadow_index_bytes=int(int(total) * vector_bytes * HNSW_GRAPH_OVERHEAD) if plan.index else 0,
+        shadow_column_bytes=data_bytes,
+        shadow_index_bytes=index_bytes,
     )

@@ -20,6 +20,8 @@ from psycopg import sql
 
 from toolkit import __version__, catalog
 from toolkit.errors import BadInput
+from toolkit.indexes import (HNSW_MAX_DIMS, PG_IDENTIFIER_MAX, IndexSpec, bounded_identifier,  # noqa: F401 (re-exported)
+                             plan_indexes)
 from toolkit.providers.base import ModelRef
 from toolkit.providers.models import RETIRED, model_info, model_tag
 from toolkit.state import PlanRecord, get_plan
@@ -27,25 +29,11 @@ from toolkit.state import PlanRecord, get_plan
 DEFAULT_TARGET = "gemini:gemini-embedding-001"
 DEFAULT_SOURCE = "ollama:nomic-embed-text"
 TEXT_JOINER = "\n\n"
-HNSW_MAX_DIMS = {"vector": 2000, "halfvec": 4000}
-PG_IDENTIFIER_MAX = 63
+DEFAULT_STRATEGY = "column"  # what a plan file or registry row written before strategies existed used
 _PLAN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 DOCUMENT_TASK = "RETRIEVAL_DOCUMENT"
 QUERY_TASK = "RETRIEVAL_QUERY"
-
-
-@dataclass
-class IndexSpec:
-    """The vector index to rebuild on the shadow column: same kind as the original's."""
-
-    method: str
-    opclass: str
-    options: dict[str, int]
-    predicate: str | None
-    original_name: str | None  # None when asked for with --index and the original column has none
-    shadow_name: str
-    old_name: str | None
 
 
 @dataclass
@@ -80,9 +68,10 @@ class Plan:
     source: str
     target: str
     dimensions: int
-    index: IndexSpec | None
+    indexes: list[IndexSpec]  # every vector index that reads the column, each rebuilt on the new vectors
     table_fingerprint: str
     estimate: Estimate | None = None
+    strategy: str = DEFAULT_STRATEGY  # where the new vectors live until cutover (toolkit.strategies)
     document_task: str = DOCUMENT_TASK
     query_task: str = QUERY_TASK
     text_joiner: str = TEXT_JOINER
@@ -131,6 +120,7 @@ class Plan:
     def to_spec(self) -> dict[str, Any]:
         spec: dict[str, Any] = {
             "name": self.name,
+            "strategy": self.strategy,
             "created_at": self.created_at,
             "reembed_version": self.reembed_version,
             "table": {"schema": self.table_schema, "name": self.table_name, "primary_key": self.primary_key,
@@ -144,8 +134,8 @@ class Plan:
         }
         if self.title_column:
             spec["text"]["title"] = self.title_column
-        if self.index:
-            spec["index"] = {k: v for k, v in asdict(self.index).items() if v is not None}
+        if self.indexes:
+            spec["indexes"] = [i.to_spec() for i in self.indexes]
         if self.estimate:
             spec["estimate"] = asdict(self.estimate)
         return spec
@@ -153,7 +143,8 @@ class Plan:
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "Plan":
         try:
-            index = spec.get("index")
+            # Plans written before the index list held one `index` table (or none).
+            indexes = spec.get("indexes") or ([spec["index"]] if spec.get("index") else [])
             estimate = spec.get("estimate")
             return cls(
                 name=spec["name"],
@@ -168,9 +159,9 @@ class Plan:
                 dimensions=int(spec["target"]["dimensions"]),
                 document_task=spec["target"].get("document_task", DOCUMENT_TASK),
                 query_task=spec["target"].get("query_task", QUERY_TASK),
-                index=IndexSpec(**{"predicate": None, "original_name": None, "old_name": None, **index})
-                if index else None,
+                indexes=[IndexSpec.from_spec(i) for i in indexes],
                 estimate=Estimate(**estimate) if estimate else None,
+                strategy=spec.get("strategy", DEFAULT_STRATEGY),
                 created_at=spec.get("created_at", ""), reembed_version=spec.get("reembed_version", ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -272,18 +263,6 @@ def _differences(registered: dict[str, Any], edited: dict[str, Any], prefix: str
 
 # -- building a plan from the live table ---------------------------------------------------------
 
-def _bounded_identifier(base: str, suffix: str) -> str:
-    """`base__suffix`, shortened with a stable hash when it would pass PostgreSQL's 63-byte limit."""
-    name = f"{base}__{suffix}"
-    if len(name.encode()) <= PG_IDENTIFIER_MAX:
-        return name
-    import hashlib
-
-    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    room = PG_IDENTIFIER_MAX - len(digest) - 1
-    return name.encode()[:room].decode(errors="ignore") + "_" + digest
-
-
 def parse_model(spec: str) -> ModelRef:
     """PROVIDER:MODEL; a bare retired Gemini name still gets the message that names its successor."""
     if ":" not in spec and f"gemini:{spec.strip()}" in RETIRED:
@@ -299,8 +278,13 @@ def validate_plan_name(name: str) -> str:
 
 def build(conn: psycopg.Connection, *, table: str, column: str, text_columns: list[str], title_column: str | None,
           target: str, source: str, dimensions: int | None, name: str | None,
-          index_request: str | None = None) -> tuple[Plan, catalog.TableInfo]:
-    """Validate every input against the live table and return the plan; changes nothing."""
+          index_request: str | None = None, strategy: str = DEFAULT_STRATEGY) -> tuple[Plan, catalog.TableInfo]:
+    """Validate every input against the live table and return the plan; changes nothing.
+
+    The strategy refuses here, naming it, whatever it could not carry through to cutover."""
+    from toolkit.strategies import strategy_named
+
+    chosen = strategy_named(strategy)
     target_ref, source_ref = parse_model(target), parse_model(source)
     target_info = model_info(target_ref)
     model_info(source_ref)
@@ -327,20 +311,19 @@ def build(conn: psycopg.Connection, *, table: str, column: str, text_columns: li
     if not low <= dims <= high:
         raise BadInput(f"{target_ref} produces {low} to {high} dimensions, not {dims}")
     tag = model_tag(target_ref)
-    index = _index_spec(info, col, dims, index_request, tag, model_tag(source_ref))
-    shadow = _bounded_identifier(column, tag)
-    old = _bounded_identifier(column, "old_" + model_tag(source_ref))
-    for wanted in (shadow, old):
-        if info.column(wanted) is not None:
-            raise BadInput(f"column {wanted!r} already exists in {info.qualified}: drop it or plan another target")
+    indexes = plan_indexes(info, col, dims, index_request, tag, model_tag(source_ref))
+    shadow = bounded_identifier(column, tag)
+    old = bounded_identifier(column, "old_" + model_tag(source_ref))
     plan_name = validate_plan_name(name or f"{info.name}-{column}-{tag}".replace(" ", "_"))
     plan = Plan(
         name=plan_name, table_schema=info.schema, table_name=info.name,
         primary_key=[c.name for c in info.primary_key], column=column, column_type=col.type,
         column_not_null=col.not_null, shadow_column=shadow, old_column=old, text_columns=text_columns,
-        title_column=title_column, source=str(source_ref), target=str(target_ref), dimensions=dims, index=index,
+        title_column=title_column, source=str(source_ref), target=str(target_ref), dimensions=dims,
+        indexes=indexes, strategy=chosen.name,
         table_fingerprint=info.fingerprint([column] + text_columns + ([title_column] if title_column else [])),
     )
+    chosen.check_plan(conn, plan, info)
     return plan, info
 
 
@@ -360,60 +343,3 @@ def _planned_dimensions(conn: psycopg.Connection, info: catalog.TableInfo, col: 
     if row is None:
         raise BadInput(f"column {col.name!r} is an unsized vector with no values: give --dimensions N")
     return int(row[0])
-
-
-_INDEX_REQUEST = re.compile(r"^(hnsw|ivfflat):(cosine|l2|ip)$")
-_OPCLASS_BY_DISTANCE = {"cosine": "cosine_ops", "l2": "l2_ops", "ip": "ip_ops"}
-
-
-def _index_spec(info: catalog.TableInfo, col: catalog.Column, dims: int, request: str | None, tag: str,
-                source_tag: str) -> IndexSpec | None:
-    existing = [i for i in info.indexes_on(col.name) if i.valid]
-    shadow_type = "halfvec" if col.base_type == "halfvec" else "vector"
-    if request:
-        match = _INDEX_REQUEST.match(request)
-        if not match:
-            raise BadInput(f"--index {request!r} must be METHOD:DISTANCE, e.g. hnsw:cosine (methods hnsw, ivfflat; "
-                           "distances cosine, l2, ip)")
-        method, distance = match.groups()
-        spec = IndexSpec(method=method, opclass=f"{shadow_type}_{_OPCLASS_BY_DISTANCE[distance]}",
-                         options=dict(catalog.INDEX_DEFAULTS[method]), predicate=None, original_name=None,
-                         shadow_name=_bounded_identifier(f"{info.name}_{col.name}_idx", tag), old_name=None)
-    elif existing:
-        original = existing[0]
-        spec = IndexSpec(method=original.method, opclass=original.opclass, options=dict(original.options),
-                         predicate=original.predicate, original_name=original.name,
-                         shadow_name=_bounded_identifier(original.name, tag),
-                         old_name=_bounded_identifier(original.name, "old_" + source_tag))
-    else:
-        return None
-    limit = HNSW_MAX_DIMS.get(shadow_type, 2000)
-    if dims > limit:
-        raise BadInput(f"{spec.method} cannot index {shadow_type} above {limit} dimensions and {dims} were planned: "
-                       f"plan --dimensions {limit} or fewer")
-    return spec
-
-
-@dataclass(frozen=True)
-class ColumnLayout:
-    """Which physical column holds which model's vectors in a given phase.
-
-    Before cutover (and after a rollback) the new vectors live in the shadow column; after
-    cutover they carry the original name and the old vectors sit in `<column>__old_<tag>`.
-    """
-
-    new: str
-    old: str
-    new_index: str | None
-    old_index: str | None
-
-
-def layout(plan: Plan, phase: str) -> ColumnLayout:
-    index = plan.index
-    if phase in ("cut_over", "cleaned_up"):
-        return ColumnLayout(new=plan.column, old=plan.old_column,
-                            new_index=(index.original_name or index.shadow_name) if index else None,
-                            old_index=index.old_name if index and index.original_name else None)
-    return ColumnLayout(new=plan.shadow_column, old=plan.column,
-                        new_index=index.shadow_name if index else None,
-                        old_index=index.original_name if index else None)

@@ -65,9 +65,10 @@ def plan_report(plan: Plan, path: str, preflight: str) -> str:
         f"  1. prepare   add column {plan.shadow_column} vector({plan.dimensions}), tag it, track changes to "
         f"{', '.join(plan.tracked_columns)}",
         f"  2. run       embed every row with {plan.target} (RETRIEVAL_DOCUMENT) in checkpointed batches",
-        "  3. index     " + (f"build {plan.index.method} ({plan.index.opclass}, "
-                             + ", ".join(f"{k}={v}" for k, v in plan.index.options.items())
-                             + f") CONCURRENTLY as {plan.index.shadow_name}" if plan.index else "no vector index to rebuild"),
+        "  3. index     " + ("; ".join(f"build {i.method} ({i.opclass}, "
+                                       + ", ".join(f"{k}={v}" for k, v in i.options.items())
+                                       + f") CONCURRENTLY as {i.shadow_name}" for i in plan.indexes)
+                             or "no vector index to rebuild"),
         "  4. verify    coverage, freshness, sanity, index, recall, old-vs-new agreement",
         f"  5. cutover   one short transaction: {plan.column} -> {plan.old_column}, {plan.shadow_column} -> {plan.column}",
         f"  6. cleanup   drop {plan.old_column} (rollback possible until then)",

@@ -137,7 +137,7 @@ def _drop_command(action: Any, kind: str, plan_ref: str, lock_timeout: int, retr
         echo_json(result.to_json())
         return
     click.echo(f"plan {plan.name}: {kind}. Dropped column {result.column}"
-               + (f", index {result.index}" if result.index else "") + " and the change tracking.")
+               + (f", index {', '.join(result.indexes)}" if result.indexes else "") + " and the change tracking.")
     for note in result.notes:
         click.echo(f"  {note}")
 

@@ -71,10 +71,11 @@ def reset(conn: psycopg.Connection) -> list[str]:
 
 def _drop_tracking(conn: psycopg.Connection, record: PlanRecord) -> None:
     """The change-tracking function lives in schema reembed: dropping the demo schema would orphan it."""
-    from toolkit.phases import prepare
+    from toolkit.phases.prepare import DDL_LOCK_TIMEOUT_MS, DDL_RETRIES
+    from toolkit.strategies import strategy_for
 
     plan = Plan.from_spec(record.spec)
-    prepare.drop_tracking(conn, plan, record)
+    strategy_for(plan).drop_tracking(conn, plan, record, lock_timeout_ms=DDL_LOCK_TIMEOUT_MS, retries=DDL_RETRIES)
 
 
 def create_table(conn: psycopg.Connection) -> None:
@@ -118,14 +119,14 @@ def build_index(conn: psycopg.Connection) -> None:
 
 def column_model(conn: psycopg.Connection, plan_name: str) -> str:
     """Which model's vectors the column the application queries holds now, by the plan's phase."""
-    from toolkit.plan import layout
     from toolkit.state import get_plan
+    from toolkit.strategies import places
 
     try:
         record = get_plan(conn, plan_name)
     except BadInput:
         return f"{DEFAULT_SOURCE} (the original column; no plan yet)"
     plan = Plan.from_spec(record.spec)
-    if layout(plan, record.phase).new == COLUMN:
+    if places(plan, record.phase).reads_new:
         return f"{plan.target} (task {plan.document_task}; swapped in by cutover)"
     return f"{plan.source} (the original column; plan {plan_name} is {record.phase})"

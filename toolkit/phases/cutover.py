@@ -5,7 +5,8 @@ stale, every row with text has a new vector), the new index is valid and ready, 
 verify of the current state passed (`--force` skips only this), nothing binds to the column
 that cannot be re-pointed, materialized views only with `--refresh-matviews`. Rows a live
 application changed since the last run (up to --catch-up-rows) are embedded first, outside the lock.
-Action: one short transaction (see toolkit.phases.swap), retried on lock timeout with jitter.
+Action: the strategy's swap, one short transaction (column strategy: toolkit.phases.swap),
+retried on lock timeout with jitter.
 Inverse: `reembed rollback` (toolkit.phases.rollback).
 """
 
@@ -19,11 +20,12 @@ from psycopg import sql
 
 from toolkit.db import Database
 from toolkit.errors import GateFailed
-from toolkit.phases import dependents, swap
+from toolkit.phases import swap
 from toolkit.phases.ddl import template
 from toolkit.phases.locking import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_RETRIES
-from toolkit.plan import Plan, layout
+from toolkit.plan import Plan
 from toolkit.state import PlanRecord
+from toolkit.strategies import places, strategy_for
 
 CUTOVER_PHASES = ("indexed", "verified", "rolled_back")
 DEFAULT_CATCH_UP_ROWS = 1000
@@ -60,28 +62,18 @@ class CheckResult:
     dependents: dict[str, list[str]] = field(default_factory=dict)
 
 
-def exchange(plan: Plan) -> swap.Exchange:
-    index = plan.index
-    renames = []
-    if index is not None and index.original_name and index.old_name:
-        renames = [(index.original_name, index.old_name), (index.shadow_name, index.original_name)]
-    return swap.Exchange(direction="cutover", column=plan.column, incoming=plan.shadow_column, aside=plan.old_column,
-                         index_renames=renames, aside_comment=swap.aside_comment(plan, plan.source, "old vectors"),
-                         phase_after="cut_over")
-
-
 def planned_sql(plan: Plan) -> list[sql.Composable]:
-    return swap.statements(plan, exchange(plan))
+    return strategy_for(plan).swap_sql(plan, "cutover")
 
 
 def backfill_state(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> BackfillState:
     from toolkit.phases.prepare import key_json
 
-    new = layout(plan, record.phase).new
+    new = places(plan, record.phase).new
     row = conn.execute(template(
         "cutover_gate", plan_id=sql.Literal(record.id), hash=plan.text_hash_expression("t"),
         has_text=sql.SQL("coalesce({} ~ '[^[:space:]]', false)").format(plan.text_expression("t")),
-        new=sql.Identifier("t", new), table=plan.table, ledger_key=key_json(plan, "t"))).fetchone()
+        new=sql.Identifier("t", new.column), table=new.ident, ledger_key=key_json(plan, "t"))).fetchone()
     assert row is not None
     return BackfillState(*(int(v) for v in row))
 
@@ -96,19 +88,18 @@ def verification_passed(conn: psycopg.Connection, plan: Plan, record: PlanRecord
 
 
 def index_ready(conn: psycopg.Connection, plan: Plan, phase: str) -> str | None:
-    """None when the new vectors' index (if one is planned) is valid and ready; else why not."""
-    name = layout(plan, phase).new_index
-    if plan.index is None or name is None:
-        return None
-    row = conn.execute(
-        """SELECT i.indisvalid, i.indisready FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-           JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE n.nspname = %s AND c.relname = %s AND i.indrelid = to_regclass(%s)""",
-        (plan.table_schema, name, plan.table.as_string(conn))).fetchone()
-    if row is None:
-        return f"index {name} on the new vectors does not exist: run `reembed index {plan.name}`"
-    if not (row[0] and row[1]):
-        return f"index {name} is INVALID (an interrupted build): run `reembed index {plan.name}` to rebuild it"
+    """None when every planned index on the new vectors is valid and ready; else why not."""
+    new = places(plan, phase).new
+    for name in new.index_names:
+        row = conn.execute(
+            """SELECT i.indisvalid, i.indisready FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = %s AND c.relname = %s AND i.indrelid = to_regclass(%s)""",
+            (new.schema, name, new.ident.as_string(conn))).fetchone()
+        if row is None:
+            return f"index {name} on the new vectors does not exist: run `reembed index {plan.name}`"
+        if not (row[0] and row[1]):
+            return f"index {name} is INVALID (an interrupted build): run `reembed index {plan.name}` to rebuild it"
     return None
 
 
@@ -140,13 +131,9 @@ def check(conn: psycopg.Connection, plan: Plan, record: PlanRecord, options: Cut
     if not passed and not options.force:
         raise GateFailed(f"the last verify of the current state did not pass ({verdict}): run `reembed verify "
                          f"{plan.name}`, or pass --force to cut over without it")
-    captured = dependents.capture(conn, dependents.table_oid(conn, plan.table), plan.column)
-    swap.refuse_unsupported(captured, options.refresh_matviews)
-    for name in (plan.old_column,):
-        if swap.column_state(conn, dependents.table_oid(conn, plan.table), name) is not None:
-            raise GateFailed(f"column {name} already exists in {plan.table_display}: the old vectors need that name")
+    carried = strategy_for(plan).check_swap(conn, plan, record, "cutover", refresh_matviews=options.refresh_matviews)
     return CheckResult(backfill=state, verify=verdict if passed else f"skipped by --force ({verdict})",
-                       dependents=captured.summary())
+                       dependents=carried)
 
 
 def recheck(plan: Plan, record: PlanRecord) -> Callable[[psycopg.Connection], None]:
@@ -181,8 +168,10 @@ def cutover(conn: psycopg.Connection, plan: Plan, record: PlanRecord, options: C
     the lock and never under it; a row changed in the instant between catch-up and lock makes
     the in-lock re-check refuse that try, and the next try catches up again.
     """
+    strategy = strategy_for(plan)
     if record.phase == "cut_over":  # re-run: finish what needs a scan (VALIDATE, NOT NULL), nothing else
-        notes = swap.finish(conn, plan, record, lock_timeout_ms=options.lock_timeout_ms, retries=options.retries)
+        notes = strategy.finish_swap(conn, plan, record, lock_timeout_ms=options.lock_timeout_ms,
+                                     retries=options.retries)
         return CutoverResult(check=None, swap=None, notes=["already cut over"] + notes)
     caught_up = 0
     for attempt in range(1, CATCH_UP_TRIES + 1):
@@ -190,9 +179,9 @@ def cutover(conn: psycopg.Connection, plan: Plan, record: PlanRecord, options: C
             caught_up += catch_up(db, conn, plan, record, options.catch_up_rows)
         try:
             result = check(conn, plan, record, options)
-            outcome = swap.perform(conn, plan, record, exchange(plan), recheck=recheck(plan, record),
-                                   lock_timeout_ms=options.lock_timeout_ms, retries=options.retries,
-                                   refresh_matviews=options.refresh_matviews, on_retry=on_retry)
+            outcome = strategy.swap(conn, plan, record, "cutover", recheck=recheck(plan, record),
+                                    lock_timeout_ms=options.lock_timeout_ms, retries=options.retries,
+                                    refresh_matviews=options.refresh_matviews, on_retry=on_retry)
         except BackfillIncomplete:
             if db is None or not options.catch_up_rows or attempt == CATCH_UP_TRIES:
                 raise

@@ -1,11 +1,12 @@
-"""`reembed index`: build on the shadow column the same kind of vector index as the original's.
+"""`reembed index`: build on the new vectors every index the plan's strategy names (for each
+vector index of the original column, the same kind), one after the other.
 
 Check: the backfill has finished (building the graph earlier would turn every backfill write
-into an index insert and stop HOT updates), and the table still looks as planned.
+into an index insert and stop HOT updates), and the strategy can build what was planned.
 Action: CREATE INDEX CONCURRENTLY with maintenance_work_mem sized to the graph and parallel
 maintenance workers; progress from pg_stat_progress_create_index. A valid index of that name is
 kept; an INVALID leftover of an interrupted build is dropped (CONCURRENTLY) and rebuilt.
-Inverse: drop the shadow index (`drop_shadow_index`).
+Inverse: drop the new indexes (`drop_new_indexes`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from tqdm import tqdm
 
 from toolkit.db import Database
 from toolkit.errors import BadInput, GateFailed
-from toolkit.phases.ddl import options_clause, template
-from toolkit.plan import Plan, layout
+from toolkit.phases.ddl import template
+from toolkit.plan import Plan
 from toolkit.state import PlanRecord, log_event, set_phase
+from toolkit.strategies import IndexTarget, strategy_for
 
 # Phases in which the shadow column is complete enough to index (see module docstring).
 INDEXABLE_PHASES = ("backfilled", "indexed", "verified", "rolled_back")
@@ -56,74 +58,76 @@ class BuildSettings:
 
 
 @dataclass
+class IndexBuilt:
+    """What happened to one index."""
+
+    index: str
+    action: str  # built | kept
+    dropped_invalid: bool = False
+    seconds: float = 0.0
+    size_bytes: int = 0
+
+
+@dataclass
 class IndexResult:
-    action: str  # built | kept | none_planned
+    """The whole phase; `index`, `dropped_invalid`, `seconds` and `size_bytes` describe all
+    indexes together (the first one's name), `indexes` each one."""
+
+    action: str  # built (at least one was) | kept (all were there) | none_planned
     index: str | None
     dropped_invalid: bool = False
     seconds: float = 0.0
     size_bytes: int = 0
     settings: BuildSettings | None = None
     notes: list[str] = field(default_factory=list)
+    indexes: list[IndexBuilt] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "settings"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("settings", "indexes")}
         out["settings"] = self.settings.__dict__ if self.settings else None
+        out["indexes"] = [i.__dict__ for i in self.indexes]
         return out
 
 
-def index_sql(plan: Plan, column: str, name: str) -> sql.Composed:
-    spec = plan.index
-    assert spec is not None
-    predicate = sql.SQL("WHERE {}").format(sql.SQL(spec.predicate)) if spec.predicate else sql.SQL("")
-    return template("index_create", index=sql.Identifier(name), table=plan.table,
-                    method=sql.Identifier(spec.method), column=sql.Identifier(column),
-                    opclass=sql.Identifier(spec.opclass), options=options_clause(spec.options), predicate=predicate)
-
-
 def planned_sql(plan: Plan) -> list[sql.Composable]:
-    if plan.index is None:
+    targets = strategy_for(plan).index_targets(plan, "backfilled")
+    if not targets:
         return []
     settings = sql.SQL("SELECT set_config('maintenance_work_mem', {}, false)").format(
         sql.Literal("<rows x (4*dims+8) x 1.3, capped by --maintenance-work-mem>"))
-    return [settings, index_sql(plan, plan.shadow_column, plan.index.shadow_name)]
+    return [settings] + [t.statement for t in targets]
 
 
-def _index_state(conn: psycopg.Connection, plan: Plan, name: str) -> tuple[bool, bool, str] | None:
-    """(valid, ready, definition) of the index `name` in the table's schema, or None."""
+def _index_state(conn: psycopg.Connection, target: IndexTarget) -> tuple[bool, bool, str] | None:
+    """(valid, ready, definition) of the index `target.name` in its schema, or None."""
     row = conn.execute(
         """SELECT i.indisvalid, i.indisready, pg_get_indexdef(i.indexrelid), i.indrelid = to_regclass(%s)
            FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
            WHERE n.nspname = %s AND c.relname = %s""",
-        (plan.table.as_string(conn), plan.table_schema, name)).fetchone()
+        (target.table.as_string(conn), target.schema, target.name)).fetchone()
     if row is None:
         return None
     if not row[3]:
-        raise GateFailed(f"an index named {name} exists on another table: rename or drop it first")
+        raise GateFailed(f"an index named {target.name} exists on another table: rename or drop it first")
     return row[0], row[1], row[2]
 
 
 def check(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> None:
-    """Refuse (before touching anything) when the shadow column is not ready to be indexed."""
+    """Refuse (before touching anything) when the new vectors are not ready to be indexed."""
     if record.phase not in INDEXABLE_PHASES:
         hint = ("run `reembed run " + plan.name + "` to completion first"
                 if record.phase in ("planned", "prepared", "backfilling") else f"the plan is {record.phase}")
         raise GateFailed(f"cannot index plan {plan.name!r} in phase {record.phase}: {hint}")
-    predicate = plan.index.predicate if plan.index else None
-    if predicate and re.search(rf'(?<![\w$"]){re.escape(plan.column)}(?![\w$"])|"{re.escape(plan.column)}"', predicate):
-        raise GateFailed(f"the original index's predicate ({predicate}) reads column {plan.column} itself; reembed "
-                         "will not rewrite it onto the new column: build that index by hand, then run this again")
-    cols = layout(plan, record.phase)
-    exists = conn.execute("SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s "
-                          "AND NOT attisdropped", (plan.table.as_string(conn), cols.new)).fetchone()
-    if exists is None:
-        raise GateFailed(f"the column {cols.new} with the new vectors is missing from {plan.table_display}")
+    strategy_for(plan).check_index(conn, plan, record)
 
 
-def build_settings(conn: psycopg.Connection, plan: Plan, max_memory: int, workers: int | None) -> BuildSettings:
+def build_settings(conn: psycopg.Connection, plan: Plan, max_memory: int, workers: int | None,
+                   table: sql.Identifier | None = None) -> BuildSettings:
+    table = table or plan.table
     rows = conn.execute("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%s)",
-                        (plan.table.as_string(conn),)).fetchone()[0]  # type: ignore[index]
+                        (table.as_string(conn),)).fetchone()[0]  # type: ignore[index]
     if rows == 0:  # never analyzed: count (cheap next to building a graph over the same rows)
-        rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(plan.table)).fetchone()[0]  # type: ignore[index]
+        rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]  # type: ignore[index]
     wanted = graph_memory(int(rows), plan.dimensions)
     current = conn.execute("SELECT pg_size_bytes(current_setting('maintenance_work_mem'))").fetchone()[0]  # type: ignore[index]
     memory = min(max(wanted, int(current)), max_memory)
@@ -136,46 +140,57 @@ def build_settings(conn: psycopg.Connection, plan: Plan, max_memory: int, worker
 def build(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *,
           max_memory: int = parse_size(DEFAULT_MEMORY_CAP), workers: int | None = None,
           progress: bool = True) -> IndexResult:
-    """Build (or keep, or rebuild) the vector index on the column holding the new vectors."""
+    """Build (or keep, or rebuild) every index the strategy names on the new vectors."""
     check(conn, plan, record)
-    if plan.index is None:
+    targets = strategy_for(plan).index_targets(plan, record.phase)
+    if not targets:
         if record.phase == "backfilled":
             set_phase(conn, record.id, "indexed", "no vector index planned: the original column has none")
         return IndexResult(action="none_planned", index=None,
                            notes=["the original column has no vector index, so none is built "
                                   "(plan with --index hnsw:cosine to get one)"])
-    cols = layout(plan, record.phase)
-    name = cols.new_index
-    assert name is not None
-    result = IndexResult(action="built", index=name)
-    state = _index_state(conn, plan, name)
+    result = IndexResult(action="kept", index=targets[0].name)
+    for target in targets:
+        built = _build_one(db, conn, plan, record, target, result, max_memory, workers, progress)
+        result.indexes.append(built)
+        result.dropped_invalid |= built.dropped_invalid
+        result.seconds += built.seconds
+        result.size_bytes += built.size_bytes
+        if built.action == "built":
+            result.action = "built"
+    _finish(conn, record, result)
+    return result
+
+
+def _build_one(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanRecord, target: IndexTarget,
+               result: IndexResult, max_memory: int, workers: int | None, progress: bool) -> IndexBuilt:
+    built = IndexBuilt(index=target.name, action="built")
+    state = _index_state(conn, target)
     if state is not None:
         valid, ready, _definition = state
         if valid and ready:
-            result.action = "kept"
-            result.notes.append(f"index {name} already exists and is valid")
-            _finish(conn, record, result)
-            return result
+            built.action = "kept"
+            result.notes.append(f"index {target.name} already exists and is valid")
+            return built
         # An interrupted CONCURRENTLY build leaves an INVALID index that still slows every write.
-        conn.execute(template("index_drop", index=sql.Identifier(plan.table_schema, name)))
-        result.dropped_invalid = True
-        log_event(conn, record.id, "index", f"dropped INVALID leftover index {name}", phase=record.phase)
-    settings = build_settings(conn, plan, max_memory, workers)
+        conn.execute(template("index_drop", index=sql.Identifier(target.schema, target.name)))
+        built.dropped_invalid = True
+        log_event(conn, record.id, "index", f"dropped INVALID leftover index {target.name}", phase=record.phase)
+    settings = build_settings(conn, plan, max_memory, workers, target.table)
     result.settings = settings
-    if settings.wanted > settings.maintenance_work_mem:
+    if target.vector and settings.wanted > settings.maintenance_work_mem:
         result.notes.append(f"the graph wants {settings.wanted // 2**20} MB but maintenance_work_mem is capped at "
                             f"{settings.maintenance_work_mem // 2**20} MB: the build will be slower "
                             "(raise --maintenance-work-mem)")
     started = time.monotonic()
-    _build_with_progress(db, plan, cols.new, name, settings, progress)
-    result.seconds = time.monotonic() - started
-    state = _index_state(conn, plan, name)
+    _build_with_progress(db, plan, target, settings, progress)
+    built.seconds = time.monotonic() - started
+    state = _index_state(conn, target)
     if state is None or not (state[0] and state[1]):
-        raise GateFailed(f"index {name} was built but is not valid; run `reembed index {plan.name}` again")
-    result.size_bytes = conn.execute("SELECT pg_relation_size(to_regclass(%s))",
-                                     (sql.Identifier(plan.table_schema, name).as_string(conn),)).fetchone()[0]  # type: ignore[index]
-    _finish(conn, record, result)
-    return result
+        raise GateFailed(f"index {target.name} was built but is not valid; run `reembed index {plan.name}` again")
+    built.size_bytes = conn.execute("SELECT pg_relation_size(to_regclass(%s))",
+                                    (sql.Identifier(target.schema, target.name).as_string(conn),)).fetchone()[0]  # type: ignore[index]
+    return built
 
 
 def _finish(conn: psycopg.Connection, record: PlanRecord, result: IndexResult) -> None:
@@ -187,7 +202,7 @@ def _finish(conn: psycopg.Connection, record: PlanRecord, result: IndexResult) -
         log_event(conn, record.id, "index", f"index {result.index} {result.action}", details, phase=record.phase)
 
 
-def _build_with_progress(db: Database, plan: Plan, column: str, name: str, settings: BuildSettings,
+def _build_with_progress(db: Database, plan: Plan, target: IndexTarget, settings: BuildSettings,
                          progress: bool) -> None:
     """Run the build on its own connection; report pg_stat_progress_create_index meanwhile."""
     builder = db.connect()
@@ -198,12 +213,13 @@ def _build_with_progress(db: Database, plan: Plan, column: str, name: str, setti
         try:
             builder.execute(template("index_session", memory=sql.Literal(f"{settings.maintenance_work_mem // 1024}kB"),
                                      workers=sql.Literal(str(settings.workers))))
-            builder.execute(index_sql(plan, column, name))
+            builder.execute(target.statement)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             error.append(exc)
 
     worker = threading.Thread(target=run, name="reembed-index-build", daemon=True)
     monitor = db.connect()
+    name = target.name
     bar = tqdm(total=0, desc=f"index {name}", unit="blocks", disable=not progress, leave=False)
     try:
         worker.start()
@@ -236,10 +252,11 @@ def _build_with_progress(db: Database, plan: Plan, column: str, name: str, setti
         raise exc
 
 
-def drop_shadow_index(conn: psycopg.Connection, plan: Plan) -> bool:
-    """The inverse: drop the index on the shadow column (before cutover). True when one was dropped."""
-    if plan.index is None:
-        return False
-    existed = _index_state(conn, plan, plan.index.shadow_name) is not None
-    conn.execute(template("index_drop", index=sql.Identifier(plan.table_schema, plan.index.shadow_name)))
-    return existed
+def drop_new_indexes(conn: psycopg.Connection, plan: Plan, phase: str) -> list[str]:
+    """The inverse: drop the indexes built on the new vectors (before cutover). Returns those dropped."""
+    dropped = []
+    for target in strategy_for(plan).index_targets(plan, phase):
+        if _index_state(conn, target) is not None:
+            dropped.append(target.name)
+        conn.execute(template("index_drop", index=sql.Identifier(target.schema, target.name)))
+    return dropped

@@ -28,8 +28,9 @@ from toolkit.phases.verification import index_checks, model_checks, table_checks
 from toolkit.phases.verification.models import Model
 from toolkit.phases.verification.options import CheckResult, VerifyOptions
 from toolkit.phases.verification.subject import Subject, resolve, sample_rows
-from toolkit.plan import Plan, layout
+from toolkit.plan import Plan
 from toolkit.state import FINAL_PHASES, PlanRecord, log_event, set_phase
+from toolkit.strategies import places
 
 # A passing verify moves these phases to `verified`; later phases (cut_over...) never move back.
 ADVANCES_FROM = ("backfilled", "indexed")
@@ -63,9 +64,9 @@ class VerifyResult:
 
 def state_snapshot(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> dict[str, Any]:
     """What verify's verdict depends on, in a form independent of the phase (cutover renames the
-    column and index but keeps their attnum and oid): the ledger's counts and last change by
-    state, the new column's number, and the new index's oid and validity."""
-    names = layout(plan, record.phase)
+    column or table and the indexes but keeps their attnum and oid): the ledger's counts and last
+    change by state, the new column's number, and the new indexes' oid and validity."""
+    new = places(plan, record.phase).new
     ledger = {state: {"rows": rows, "last_change": last.isoformat() if last else None, "embeds": int(embeds or 0)}
               for state, rows, last, embeds in conn.execute(
                   "SELECT state, count(*), max(changed_at), sum(embed_count) FROM reembed.ledger "
@@ -74,16 +75,22 @@ def state_snapshot(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> 
         "SELECT a.attnum FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relname = %s AND a.attname = %s AND NOT a.attisdropped",
-        (plan.table_schema, plan.table_name, names.new)).fetchone()
-    index = None
-    if names.new_index:
-        row = conn.execute(
-            "SELECT c.oid, i.indisvalid, i.indisready FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
-            (plan.table_schema, names.new_index)).fetchone()
-        index = {"oid": row[0], "valid": row[1], "ready": row[2]} if row else None
-    return {"plan_id": record.id, "ledger": ledger, "new_column_attnum": column[0] if column else None,
-            "new_index": index}
+        (new.schema, new.table, new.column)).fetchone()
+    indexes = [_index_snapshot(conn, new.schema, name) for name in new.index_names]
+    snapshot: dict[str, Any] = {"plan_id": record.id, "ledger": ledger,
+                                "new_column_attnum": column[0] if column else None,
+                                "new_index": indexes[0] if indexes else None}
+    if len(indexes) > 1:
+        snapshot["other_new_indexes"] = indexes[1:]
+    return snapshot
+
+
+def _index_snapshot(conn: psycopg.Connection, schema: str, name: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT c.oid, i.indisvalid, i.indisready FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+        (schema, name)).fetchone()
+    return {"oid": row[0], "valid": row[1], "ready": row[2]} if row else None
 
 
 def state_token(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> str:
@@ -112,7 +119,7 @@ def verification_gate(conn: psycopg.Connection, plan: Plan, record: PlanRecord) 
     if _token_of(snapshot) == token:
         return True, f"verified {when}, state unchanged since"
     judged = (result or {}).get("state") or {}
-    if any(judged.get(k) != snapshot[k] for k in ("new_column_attnum", "new_index")):
+    if any(judged.get(k) != snapshot.get(k) for k in ("new_column_attnum", "new_index", "other_new_indexes")):
         return False, (f"the new column or its index changed since it was verified ({when}); "
                        f"run `reembed verify {plan.name}` again")
     # A live application keeps changing rows: those are re-embedded by the same guarded path and the

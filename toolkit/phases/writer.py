@@ -1,9 +1,10 @@
 """Reading claimed rows and writing their vectors: one short transaction per batch.
 
-The write is binary COPY into a per-connection temp table, then one guarded
-`UPDATE ... FROM stage` that also marks the ledger (DESIGN.md: ~8.8k rows/s without an index
-on the original column; the page-striped ledger order keeps most updates HOT with one).
-Nothing here holds a snapshot between batches: the connection is in autocommit mode.
+The write is binary COPY into a per-connection temp table, then one guarded statement from
+stage that also marks the ledger. Which statement is the plan's strategy's (the column
+strategy's `UPDATE ... FROM stage`: DESIGN.md, ~8.8k rows/s without an index on the original
+column; the page-striped ledger order keeps most updates HOT with one). Nothing here holds a
+snapshot between batches: the connection is in autocommit mode.
 """
 
 from __future__ import annotations
@@ -93,9 +94,10 @@ def check_vectors(vectors: np.ndarray, count: int, dimensions: int) -> np.ndarra
 class BatchWriter:
     """Writes batches of one plan through one connection (autocommit) and its temp staging table."""
 
-    def __init__(self, conn: psycopg.Connection, plan: Plan, plan_id: int, owner: str, target_column: str) -> None:
+    def __init__(self, conn: psycopg.Connection, plan: Plan, plan_id: int, owner: str, phase: str) -> None:
+        from toolkit.strategies import strategy_for
+
         self.conn, self.plan, self.plan_id, self.owner = conn, plan, plan_id, owner
-        self.target = sql.Identifier(target_column)
         self.stage = sql.Identifier(f"reembed_stage_{plan_id}")
         conn.execute(template("backfill_stage", stage=self.stage, key_columns=key_columns(plan, "t"),
                               vtype=vector_type(plan), table=plan.table))
@@ -106,9 +108,7 @@ class BatchWriter:
         if self._types is None:
             self._copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
                 self.stage, sql.SQL(", ").join(sql.Identifier(c) for c in self._columns))
-        self._write = template(
-            "backfill_write", table=plan.table, target=self.target, stage=self.stage, match=match(plan, "t", "s"),
-            hash=plan.text_hash_expression("t"), plan_id=sql.Literal(plan_id), owner=sql.Literal(owner))
+        self._write = strategy_for(plan).write_statement(plan, phase, self.stage, plan_id, owner)
 
     def _binary_types(self) -> list[int] | None:
         """OIDs of the stage's columns (domains resolved to their base type), or None when a key type

@@ -96,7 +96,8 @@ def agreement(conn: psycopg.Connection, subject: Subject, options: VerifyOptions
         if new_vec is None:
             continue
         new_top = search(conn, subject, subject.new_column, subject.new_type, new_vec, options.k)
-        old_top = (search(conn, subject, subject.old_column, subject.old_type, old_vec, options.k)  # type: ignore[arg-type]
+        old_top = (search(conn, subject, subject.old_column, subject.old_type, old_vec, options.k,  # type: ignore[arg-type]
+                          table=subject.old_table)
                    if compare_old and old_vec is not None else None)
         outcomes.append(QueryOutcome(q.query, q.relevant, new_top, old_top))
     return _verdict(name, threshold, options, outcomes, compare_old, evidence)

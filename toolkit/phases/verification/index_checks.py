@@ -63,13 +63,61 @@ def _probe_vector(conn: psycopg.Connection, subject: Subject, sample: list[Sampl
 
 
 def index(conn: psycopg.Connection, subject: Subject, options: VerifyOptions, sample: list[SampleRow]) -> CheckResult:
+    """Every planned index on the new vectors is there, valid, of the original's kind; the main
+    one serves the retrieval operator and the planner can use it."""
     plan = subject.plan
-    if plan.index is None:
+    if not plan.indexes:
         return CheckResult("index", True, "none planned", "-",
                            "the original column has no vector index and none was planned: queries scan exactly",
                            {"operator": subject.operator})
+    result = _main_index(conn, subject, options, sample)
+    others = list(zip(plan.indexes[1:], subject.new_indexes[1:], new_index_names(subject)[1:]))
+    problems = [p for spec, idx, name in others for p in _other_index_problems(conn, subject, spec, idx, name)]
+    if others:
+        result.evidence["other_indexes"] = [
+            {"index": name, "exists": idx is not None, "valid": bool(idx and idx.valid and idx.ready),
+             "opclass": idx.opclass if idx else None} for spec, idx, name in others]
+    if problems:
+        if result.passed:
+            result.value = f"{len(problems)} problem(s) on the other indexes"
+            result.summary = "; ".join(problems)
+        else:
+            result.summary = "; ".join([result.summary] + problems)
+        result.passed = False
+    return result
+
+
+def new_index_names(subject: Subject) -> list[str]:
+    """The names the planned indexes have on the new vectors in the plan's phase."""
+    from toolkit.strategies import places
+
+    return [n or spec.shadow_name for n, spec in zip(places(subject.plan, subject.record.phase).new.indexes,
+                                                       subject.plan.indexes)]
+
+
+def _other_index_problems(conn: psycopg.Connection, subject: Subject, spec: Any, idx: Any, name: str) -> list[str]:
+    from toolkit.phases.verification.subject import opclass_operator
+
+    plan = subject.plan
+    if idx is None:
+        return [f"index {name} does not exist on {subject.new_column}: run `reembed index {plan.name}`"]
+    out = []
+    if not (idx.valid and idx.ready):
+        out.append(f"index {idx.name} is INVALID: run `reembed index {plan.name}` again")
+    if idx.method != spec.method:
+        out.append(f"index {idx.name} is {idx.method}, the original is {spec.method}")
+    wanted = opclass_operator(conn, spec.method, spec.opclass)
+    if idx.operator != wanted:
+        out.append(f"index {idx.name} ({idx.opclass}) serves {idx.operator}, the original served {wanted}")
+    return out
+
+
+def _main_index(conn: psycopg.Connection, subject: Subject, options: VerifyOptions,
+                sample: list[SampleRow]) -> CheckResult:
+    plan = subject.plan
+    main = plan.indexes[0]
     idx = subject.new_index
-    evidence: dict[str, Any] = {"index": plan.index.shadow_name if idx is None else idx.name,
+    evidence: dict[str, Any] = {"index": new_index_names(subject)[0] if idx is None else idx.name,
                                 "retrieval_operator": subject.operator,
                                 "retrieval_distance": DISTANCE_OPERATORS.get(subject.operator),
                                 "operator_from": subject.operator_origin}
@@ -79,16 +127,15 @@ def index(conn: psycopg.Connection, subject: Subject, options: VerifyOptions, sa
                            f"run `reembed index {plan.name}`", evidence)
     evidence.update({"method": idx.method, "opclass": idx.opclass, "opclass_operator": idx.operator,
                      "options": idx.options, "valid": idx.valid, "ready": idx.ready, "predicate": idx.predicate,
-                     "planned": {"method": plan.index.method, "opclass": plan.index.opclass,
-                                 "options": plan.index.options}})
+                     "planned": {"method": main.method, "opclass": main.opclass, "options": main.options}})
     problems = []
     if not (idx.valid and idx.ready):
         problems.append(f"index {idx.name} is INVALID (indisvalid={idx.valid}, indisready={idx.ready}): an "
                         f"interrupted CONCURRENTLY build; run `reembed index {plan.name}` again")
     if idx.column != subject.new_column:
         problems.append(f"index {idx.name} is on {idx.column}, not on {subject.new_column}")
-    if idx.method != plan.index.method:
-        problems.append(f"index {idx.name} is {idx.method}, the original is {plan.index.method}")
+    if idx.method != main.method:
+        problems.append(f"index {idx.name} is {idx.method}, the original is {main.method}")
     if idx.operator != subject.operator:
         problems.append(f"opclass {idx.opclass} serves {idx.operator}, but the retrieval query orders by "
                         f"{subject.operator} ({subject.operator_origin}): the index cannot serve the query")
@@ -106,7 +153,7 @@ def index(conn: psycopg.Connection, subject: Subject, options: VerifyOptions, sa
             problems.append(f"EXPLAIN of ORDER BY {subject.new_column} {subject.operator} $1 LIMIT {options.k} "
                             f"does not use {idx.name}, even with sequential scans off")
     evidence["explain"] = used
-    option_diff = {k: (v, idx.options.get(k)) for k, v in plan.index.options.items() if idx.options.get(k) != v}
+    option_diff = {k: (v, idx.options.get(k)) for k, v in main.options.items() if idx.options.get(k) != v}
     if option_diff:
         evidence["options_differ_from_plan"] = option_diff  # a note: recall judges whether it matters
     threshold = f"valid, serves {subject.operator}, usable"
@@ -144,7 +191,7 @@ def ann_recall(conn: psycopg.Connection, subject: Subject, options: VerifyOption
     """
     name = "ann_recall"
     idx = subject.new_index
-    if subject.plan.index is None:
+    if not subject.plan.indexes:
         return CheckResult(name, True, "n/a", options.min_recall, "no vector index: queries are exact", {})
     if idx is None or not (idx.valid and idx.ready) or idx.operator != subject.operator:
         return CheckResult(name, False, None, options.min_recall,

@@ -1,6 +1,7 @@
 """What verify looks at, resolved once from the plan, the phase and the live catalog.
 
-Which physical column holds the new (and old) vectors depends on the phase (`layout`); the
+Which table and column holds the new (and old) vectors depends on the phase and the plan's
+strategy (`places`); the
 distance the application's retrieval query uses is the one the ORIGINAL index serves, so the
 operator is read from that index's operator class in the catalog, not assumed.
 """
@@ -17,9 +18,10 @@ from psycopg import sql
 
 from toolkit import catalog
 from toolkit.errors import GateFailed
-from toolkit.plan import Plan, layout
+from toolkit.plan import Plan
 from toolkit.resources import sql_dir
 from toolkit.state import PlanRecord
+from toolkit.strategies import places
 
 # pgvector's ordering operators; anything else found in the catalog is refused rather than pasted into SQL.
 DISTANCE_OPERATORS = {"<->": "l2", "<=>": "cosine", "<#>": "negative inner product", "<+>": "l1",
@@ -58,20 +60,24 @@ class IndexState:
 class Subject:
     plan: Plan
     record: PlanRecord
-    table_oid: int
+    table_oid: int  # of the table holding the new vectors
+    new_table: sql.Identifier
+    old_table: sql.Identifier
     new_column: str
     new_type: str  # vector or halfvec
     old_column: str | None  # None when the old vectors are gone
     old_type: str
     old_dimensions: int | None
-    new_index: IndexState | None
+    new_index: IndexState | None  # the main (first planned) index on the new vectors
     old_index: IndexState | None
     operator: str  # the distance the retrieval query orders by
     operator_origin: str  # in words: where `operator` came from
+    new_indexes: tuple[IndexState | None, ...] = ()  # every planned index on the new vectors, as plan.indexes
 
     @property
     def table(self) -> sql.Identifier:
-        return self.plan.table
+        """The table holding the new vectors: the checks read it."""
+        return self.new_table
 
     def key(self, alias: str | None = None) -> sql.Composable:
         """The row's primary key as text: the value for a one-column key, a JSON array otherwise."""
@@ -86,31 +92,43 @@ class Subject:
 
 
 def resolve(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> Subject:
-    """Read the live catalog for the plan's table in the plan's current phase."""
-    row = conn.execute(
-        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s", (plan.table_schema, plan.table_name)).fetchone()
-    if row is None:
-        raise GateFailed(f"table {plan.table_display} of plan {plan.name!r} does not exist")
-    info = catalog.load_table(conn, row[0], plan.table_schema, plan.table_name)
-    names = layout(plan, record.phase)
-    new_col = info.column(names.new)
+    """Read the live catalog for the plan's tables in the plan's current phase."""
+    where = places(plan, record.phase)
+    new_info = _load(conn, plan, where.new.schema, where.new.table)
+    old_info = new_info if (where.old.schema, where.old.table) == (where.new.schema, where.new.table) else \
+        _load(conn, plan, where.old.schema, where.old.table, missing_ok=True)
+    new_col = new_info.column(where.new.column)
     if new_col is None or not new_col.is_vector:
-        raise GateFailed(f"plan {plan.name!r} is {record.phase}: column {names.new} holding {plan.target} vectors "
-                         f"does not exist yet; run `reembed run {plan.name}` first")
-    old_col = info.column(names.old)
-    new_index = _index_state(conn, info, names.new_index)
-    old_index = _index_state(conn, info, names.old_index)
+        raise GateFailed(f"plan {plan.name!r} is {record.phase}: column {where.new.display} holding {plan.target} "
+                         f"vectors does not exist yet; run `reembed run {plan.name}` first")
+    old_col = old_info.column(where.old.column) if old_info is not None else None
+    new_indexes = tuple(_index_state(conn, new_info, name) for name in where.new.indexes)
+    old_index = _index_state(conn, old_info, where.old.indexes[0]) if old_info is not None and where.old.indexes \
+        else None
     operator, origin = _retrieval_operator(conn, plan, old_index)
-    return Subject(plan=plan, record=record, table_oid=info.oid, new_column=new_col.name, new_type=new_col.base_type,
+    return Subject(plan=plan, record=record, table_oid=new_info.oid, new_table=where.new.ident,
+                   old_table=where.old.ident, new_column=new_col.name, new_type=new_col.base_type,
                    old_column=old_col.name if old_col is not None and old_col.is_vector else None,
                    old_type=old_col.base_type if old_col is not None and old_col.is_vector else "vector",
                    old_dimensions=old_col.dimensions if old_col is not None else None,
-                   new_index=new_index, old_index=old_index, operator=operator, operator_origin=origin)
+                   new_index=new_indexes[0] if new_indexes else None, old_index=old_index, operator=operator,
+                   operator_origin=origin, new_indexes=new_indexes)
 
 
-def _index_state(conn: psycopg.Connection, info: catalog.TableInfo, name: str | None) -> IndexState | None:
-    if name is None:
+def _load(conn: psycopg.Connection, plan: Plan, schema: str, table: str,
+          missing_ok: bool = False) -> catalog.TableInfo | None:
+    row = conn.execute(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s", (schema, table)).fetchone()
+    if row is None:
+        if missing_ok:
+            return None
+        raise GateFailed(f"table {schema}.{table} of plan {plan.name!r} does not exist")
+    return catalog.load_table(conn, row[0], schema, table)
+
+
+def _index_state(conn: psycopg.Connection, info: catalog.TableInfo | None, name: str | None) -> IndexState | None:
+    if name is None or info is None:
         return None
     found = next((i for i in info.indexes if i.name == name), None)
     if found is None:
@@ -139,12 +157,13 @@ def _retrieval_operator(conn: psycopg.Connection, plan: Plan, old_index: IndexSt
     """The distance the application orders by: the one its (original) index serves."""
     if old_index is not None and old_index.operator in DISTANCE_OPERATORS:
         return old_index.operator, f"original index {old_index.name} ({old_index.opclass})"
-    if plan.index is not None:
-        operator = opclass_operator(conn, plan.index.method, plan.index.opclass)
+    if plan.indexes:
+        main = plan.indexes[0]
+        operator = opclass_operator(conn, main.method, main.opclass)
         if operator in DISTANCE_OPERATORS:
             assert operator is not None
-            where = f"original index {plan.index.original_name}" if plan.index.original_name else "the plan's --index"
-            return operator, f"{where} as planned ({plan.index.opclass})"
+            where = f"original index {main.original_name}" if main.original_name else "the plan's --index"
+            return operator, f"{where} as planned ({main.opclass})"
     return DEFAULT_OPERATOR, "no index on the original column: cosine distance (<=>) assumed"
 
 
@@ -181,7 +200,7 @@ def _as_array(value: Any) -> np.ndarray:
 
 
 def search_sql(subject: Subject, column: str, column_type: str, *, limit: int, exact: bool = False,
-               predicate: str | None = None) -> sql.Composed:
+               predicate: str | None = None, table: sql.Identifier | None = None) -> sql.Composed:
     """The application's retrieval query on `column` (ORDER BY distance LIMIT k), returning keys.
 
     `exact` adds the key as a second sort key: no vector index can serve that ORDER BY, so the
@@ -196,13 +215,15 @@ def search_sql(subject: Subject, column: str, column_type: str, *, limit: int, e
     # The predicate of a partial index is PostgreSQL's own deparse of the live index, not user input.
     where = sql.SQL("WHERE {}").format(sql.SQL(predicate)) if predicate else sql.SQL("")
     return sql.SQL("SELECT {} FROM {} {} ORDER BY {} LIMIT {}").format(
-        subject.key(), subject.table, where, order, sql.Literal(limit))
+        subject.key(), table or subject.table, where, order, sql.Literal(limit))
 
 
 def search(conn: psycopg.Connection, subject: Subject, column: str, column_type: str, vector: np.ndarray,
-           k: int) -> list[str]:
-    """Top-k keys as the application would get them (index allowed), read-only and unprepared."""
+           k: int, table: sql.Identifier | None = None) -> list[str]:
+    """Top-k keys as the application would get them (index allowed), read-only and unprepared;
+    `table` is the table holding `column` (default: the new vectors' table)."""
     with conn.transaction():
         conn.execute("SET TRANSACTION READ ONLY")
-        rows = conn.execute(search_sql(subject, column, column_type, limit=k), (vector,), prepare=False).fetchall()
+        rows = conn.execute(search_sql(subject, column, column_type, limit=k, table=table), (vector,),
+                            prepare=False).fetchall()
     return [r[0] for r in rows]

@@ -1,0 +1,131 @@
+"""What a run is asked to do (RunOptions), what it did (Counters, RunSummary), and the small
+pieces every part of a run shares: the write throttle and the progress bar."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from toolkit.errors import BadInput
+from toolkit.phases import ledger
+
+DEFAULT_BATCH_SIZE = 100  # Gemini's per-request limit
+DEFAULT_LEASE_SECONDS = 300.0
+
+
+@dataclass
+class RunOptions:
+    batch_size: int = DEFAULT_BATCH_SIZE
+    concurrency: int = 4
+    workers: int = 1
+    rpm: int | None = None
+    tpm: int | None = None
+    max_rows_per_second: float | None = None
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    poll_seconds: float = 1.0
+    progress: bool = True
+
+    def validate(self) -> None:
+        if not 1 <= self.batch_size <= 10_000:
+            raise BadInput(f"--batch-size must be between 1 and 10000, not {self.batch_size}")
+        if self.concurrency < 1:
+            raise BadInput(f"--concurrency must be at least 1, not {self.concurrency}")
+        if not 1 <= self.workers <= 64:
+            raise BadInput(f"--workers must be between 1 and 64, not {self.workers}")
+        if self.max_rows_per_second is not None and self.max_rows_per_second <= 0:
+            raise BadInput(f"--max-rows-per-second must be positive, not {self.max_rows_per_second}")
+        if self.lease_seconds < 1:
+            raise BadInput(f"--lease-seconds must be at least 1, not {self.lease_seconds}")
+
+    def per_worker(self) -> "RunOptions":
+        """Each of N processes gets 1/N of the quotas and of the write throttle."""
+        n = self.workers
+
+        def share(v: float | int | None, kind: type) -> Any:
+            return None if v is None else max(kind(1), kind(v / n))
+
+        return RunOptions(batch_size=self.batch_size, concurrency=self.concurrency, workers=1,
+                          rpm=share(self.rpm, int), tpm=share(self.tpm, int),
+                          max_rows_per_second=share(self.max_rows_per_second, float),
+                          lease_seconds=self.lease_seconds, poll_seconds=self.poll_seconds, progress=False)
+
+
+@dataclass
+class Counters:
+    rows_written: int = 0
+    rows_skipped: int = 0
+    rows_rejected: int = 0  # changed while embedding (or lease lost): left pending, embedded again
+    rows_reembedded: int = 0  # written rows that had a vector from an earlier embed of this plan
+    rows_gone: int = 0  # claimed rows deleted meanwhile
+    provider_retries: int = 0
+    truncated: int = 0
+    batches: int = 0
+    malformed: int = 0  # provider answers refused (never written), their rows asked for again
+    write_seconds: float = 0.0  # time inside write transactions (the database's share)
+    loop_seconds: float = 0.0  # claim-embed-write loop, without start-up (imports, prepare)
+
+    def add(self, other: "Counters") -> None:
+        for name, value in asdict(other).items():
+            # Workers run side by side: their loops overlap in time, everything else adds up.
+            merged = max(getattr(self, name), value) if name == "loop_seconds" else getattr(self, name) + value
+            setattr(self, name, merged)
+
+
+@dataclass
+class RunSummary:
+    name: str
+    phase: str
+    column: str
+    seconds: float
+    counters: Counters
+    progress: ledger.Progress
+    workers: int
+    rows_per_second: float = 0.0
+    rollback_fill: bool = False
+    peak_rss_mb: float = field(default_factory=lambda: peak_rss_mb())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "phase": self.phase, "column": self.column, "seconds": round(self.seconds, 3),
+                "rows_per_second": round(self.rows_per_second, 1), "workers": self.workers,
+                "peak_rss_mb": self.peak_rss_mb,
+                "rollback_fill": self.rollback_fill, **asdict(self.counters), **self.progress.to_json()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM on Linux: unlike ru_maxrss it does not count
+    what the parent had before exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+class Throttle:
+    """At most `rate` rows per second written, smoothed over batches (--max-rows-per-second)."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self._next = time.monotonic()
+
+    def wait(self, rows: int) -> None:
+        if not self.rate or rows <= 0:
+            return
+        now = time.monotonic()
+        if self._next > now:
+            time.sleep(self._next - now)
+        self._next = max(self._next, now) + rows / self.rate
+
+
+def progress_bar(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="rows", desc="re-embedding", disable=not enabled, file=sys.stderr,
+                dynamic_ncols=True, smoothing=0.1)

@@ -1,0 +1,233 @@
+"""One process's share of a run: claim a leased batch, read the rows' current text, embed it in a
+thread (all threads share one rate limiter), write each finished batch in one short guarded
+transaction that also marks it done; until nothing is pending.
+
+Where the batch is written (which table, which column, by which statement) is the plan's
+strategy's answer (`BatchWriter` asks it); everything here is the same for every strategy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable
+
+import numpy as np
+import psycopg
+
+from toolkit.db import Database
+from toolkit.errors import MalformedResponse
+from toolkit.phases import ledger
+from toolkit.phases.backfill.options import Counters, RunOptions, Throttle
+from toolkit.phases.writer import EMPTY_TEXT, BatchWriter, Outcome, SourceRow, check_vectors, read_rows
+from toolkit.plan import Plan
+from toolkit.providers.base import EmbedBatch, Embedder
+from toolkit.state import PlanRecord
+
+log = logging.getLogger(__name__)
+
+MAX_MALFORMED_STREAK = 3
+# Catch-up sweeps over rows the application changed during the run, after the first pass.
+MAX_SWEEPS = 5
+
+
+@dataclass
+class Batch:
+    keys: list[ledger.Key]
+    rows: list[SourceRow]
+    send: list[int]  # positions in rows to embed
+    skipped: dict[int, str] = field(default_factory=dict)
+
+
+def make_target_embedder(plan: Plan, options: RunOptions) -> Embedder:
+    from toolkit.providers import make_embedder
+    from toolkit.providers.settings import ProviderSettings
+
+    settings = ProviderSettings.from_env(rpm=options.rpm, tpm=options.tpm, concurrency=options.concurrency)
+    return make_embedder(plan.target_ref, plan.dimensions, settings)
+
+
+class Worker:
+    """One process's share of a run: claim, read, embed (threads), write, until nothing is pending."""
+
+    def __init__(self, db: Database, plan: Plan, record: PlanRecord, options: RunOptions, embedder: Embedder,
+                 owner: str, *, on_rows: Callable[[Counters], None] | None = None,
+                 stop: threading.Event | None = None) -> None:
+        self.db, self.plan, self.record, self.options = db, plan, record, options
+        self.embedder, self.owner = embedder, owner
+        self.on_rows = on_rows
+        self.stop = stop or threading.Event()
+        self.counters = Counters()
+        self.throttle = Throttle(options.max_rows_per_second)
+        self.sweep_began: datetime | None = None  # rows changed after this wait for the next sweep
+        self.sweeps = 0
+        self._parent = os.getppid()
+
+    def run(self) -> Counters:
+        conn = self.db.connect()
+        tune_session(conn)
+        loop_started = time.monotonic()
+        inflight: dict[Future[EmbedBatch], Batch] = {}
+        pool = ThreadPoolExecutor(max_workers=self.options.concurrency, thread_name_prefix="reembed-embed")
+        try:
+            writer = BatchWriter(conn, self.plan, self.record.id, self.owner, self.record.phase)
+            self.sweep_began = ledger.database_now(conn)
+            last_renew = time.monotonic()
+            malformed_streak = 0
+            while True:
+                while not self.stop.is_set() and len(inflight) < self.options.concurrency:
+                    batch = self._next_batch(conn, writer)
+                    if batch is None:
+                        break
+                    if not batch.send:
+                        self._write(writer, batch, None)
+                        continue
+                    inflight[pool.submit(self._embed, batch)] = batch
+                if not inflight:
+                    if self.stop.is_set():
+                        break
+                    pending, claimable = ledger.pending_counts(conn, self.record.id)
+                    if pending == 0:
+                        break
+                    if claimable:
+                        # What is left changed after this sweep began: the application is writing.
+                        # Sweep again for it, a bounded number of times, so the run ends even
+                        # under steady writes; the tail stays pending for the next run or cutover.
+                        if self.sweeps >= MAX_SWEEPS:
+                            break
+                        self.sweeps += 1
+                        self.sweep_began = ledger.database_now(conn)
+                        continue
+                    # Pending rows are leased by other processes: wait for them to finish or expire.
+                    time.sleep(self.options.poll_seconds)
+                    continue
+                done, _ = wait(inflight, timeout=min(5.0, self.options.lease_seconds / 3),
+                               return_when=FIRST_COMPLETED)
+                for future in done:
+                    batch = inflight.pop(future)
+                    try:
+                        result = future.result()
+                    except MalformedResponse as exc:
+                        # Never written; the rows go back to pending and are asked for again. A provider
+                        # that keeps answering garbage stops the run.
+                        ledger.release(conn, self.record.id, self.owner, batch.keys)
+                        self.counters.malformed += 1
+                        malformed_streak += 1
+                        log.warning("batch of %d rows not written: %s", len(batch.keys), exc)
+                        if malformed_streak >= MAX_MALFORMED_STREAK:
+                            raise MalformedResponse(f"{exc} ({malformed_streak} answers in a row were malformed; "
+                                                    "nothing malformed was written)") from None
+                        continue
+                    except BaseException:
+                        ledger.release(conn, self.record.id, self.owner, batch.keys)
+                        raise
+                    malformed_streak = 0
+                    try:
+                        self._write(writer, batch, result)
+                    except BaseException:
+                        if not conn.closed:
+                            ledger.release(conn, self.record.id, self.owner, batch.keys)
+                        raise
+                if time.monotonic() - last_renew > self.options.lease_seconds / 3:
+                    held = [k for b in inflight.values() for k in b.keys]
+                    ledger.renew(conn, self.record.id, self.owner, held, self.options.lease_seconds)
+                    last_renew = time.monotonic()
+                if os.getppid() != self._parent:  # our parent `reembed run --workers` died: stop cleanly
+                    self.stop.set()
+        finally:
+            self.stop.set()
+            for future in inflight:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            try:
+                held = [k for b in inflight.values() for k in b.keys]
+                if held and not conn.closed:
+                    ledger.release(conn, self.record.id, self.owner, held)
+            except psycopg.Error:
+                pass  # the leases expire on their own
+            conn.close()
+            self.counters.loop_seconds = time.monotonic() - loop_started
+        return self.counters
+
+    def _next_batch(self, conn: psycopg.Connection, writer: BatchWriter) -> Batch | None:
+        while True:
+            keys = ledger.claim(conn, self.record.id, self.owner, self.options.batch_size, self.options.lease_seconds,
+                                changed_before=self.sweep_began)
+            if not keys:
+                return None
+            rows = read_rows(conn, self.plan, keys)
+            if len(rows) < len(keys):
+                found = {_k(r.key) for r in rows}
+                gone = [k for k in keys if _k(k) not in found]
+                self.counters.rows_gone += writer.forget_missing(gone)
+                ledger.release(conn, self.record.id, self.owner, gone)  # kept if it reappeared meanwhile
+                keys = [k for k in keys if _k(k) in found]
+            if not rows:
+                continue
+            send = [i for i, r in enumerate(rows) if not r.empty]
+            skipped = {i: EMPTY_TEXT for i, r in enumerate(rows) if r.empty}
+            return Batch(keys=keys, rows=rows, send=send, skipped=skipped)
+
+    def _embed(self, batch: Batch) -> EmbedBatch:
+        texts = [batch.rows[i].text or "" for i in batch.send]
+        titles = [batch.rows[i].title for i in batch.send]
+        result = self.embedder.embed_documents(texts, titles)
+        check_vectors(result.vectors, len(result.index), self.plan.dimensions)
+        return result
+
+    def _write(self, writer: BatchWriter, batch: Batch, result: EmbedBatch | None) -> None:
+        vectors: dict[int, np.ndarray] = {}
+        skipped = dict(batch.skipped)
+        if result is not None:
+            for j, position in enumerate(result.index):
+                vectors[batch.send[position]] = result.vectors[j]
+            for position, reason in result.skipped.items():
+                skipped[batch.send[position]] = reason
+            self.counters.provider_retries += result.retries
+            self.counters.truncated += result.truncated
+        self.throttle.wait(len(vectors))
+        began = time.monotonic()
+        outcome = _with_retry(lambda: writer.write(batch.rows, vectors, skipped))
+        step = Counters(rows_written=outcome.written, rows_skipped=outcome.skipped, rows_rejected=outcome.rejected,
+                        rows_reembedded=outcome.reembedded, batches=1, write_seconds=time.monotonic() - began)
+        self.counters.add(step)
+        if self.on_rows:
+            self.on_rows(step)
+
+
+def tune_session(conn: psycopg.Connection) -> None:
+    """Settings of the backfill's own connection only (the application's sessions are untouched).
+
+    synchronous_commit off: a batch's vectors and its ledger marks commit together, so a commit
+    lost in a server crash loses both and the rows are simply still pending: consistency does not
+    depend on the flush, and not waiting for it per batch matters at thousands of rows/s.
+    No hash or merge joins: every join here is a batch of at most a few thousand keys against a
+    primary key; a nested loop over the index is always right, while a misestimate (a fresh temp
+    table, a just-seeded ledger) could otherwise scan the whole table or ledger once per batch.
+    """
+    conn.execute("SET synchronous_commit = off")
+    conn.execute("SET enable_hashjoin = off")
+    conn.execute("SET enable_mergejoin = off")
+
+
+def _with_retry(write: Callable[[], Outcome], attempts: int = 5) -> Outcome:
+    """A deadlock or serialization failure (two writers on one row after a lease takeover) is
+    rolled back whole by PostgreSQL; trying again is safe."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return write()
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+            if attempt == attempts:
+                raise
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _k(key: ledger.Key) -> str:
+    return json.dumps(key, sort_keys=True, default=str)

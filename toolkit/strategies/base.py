@@ -1,0 +1,171 @@
+"""The seam between the lifecycle and where the new vectors live.
+
+Every phase asks the plan's strategy, never `if strategy == ...`: where each model's vectors
+are in a phase (`places`), what the plan cannot carry (`check_plan`), how the place for the new
+vectors is made and unmade (prepare, abandon), how a batch is written there, which indexes to
+build, how the swap and its reverse are done, and what cleanup drops. The ledger, leases,
+providers, the write guard, verify and its gates, planning and locking are shared and know
+nothing of strategies.
+
+Each operation keeps pgroll's shape: a check that refuses before anything is touched, the
+action (idempotent: a crash anywhere is finished by running it again), and its inverse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+import psycopg
+from psycopg import sql
+
+if TYPE_CHECKING:
+    from toolkit.catalog import TableInfo
+    from toolkit.phases.swap import SwapOutcome
+    from toolkit.plan import Plan
+    from toolkit.state import PlanRecord
+
+# Phases in which the new vectors carry the application's names (the swap happened).
+SWAPPED_PHASES = ("cut_over", "cleaned_up")
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where one model's vectors are in one phase: a table, its column, and the names of the
+    vector indexes on that column, aligned with `plan.indexes` (None: that index is not there)."""
+
+    schema: str
+    table: str
+    column: str
+    indexes: tuple[str | None, ...] = ()
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.table)
+
+    @property
+    def display(self) -> str:
+        return f"{self.schema}.{self.table}.{self.column}"
+
+    @property
+    def index_names(self) -> list[str]:
+        return [name for name in self.indexes if name is not None]
+
+
+@dataclass(frozen=True)
+class Places:
+    """The answer to "which table and column holds which model now" for one plan and phase.
+
+    `read` is what the application reads (always its own table and column names); `new` holds
+    the target model's vectors, `old` the source model's (gone after cleanup)."""
+
+    read: Place
+    new: Place
+    old: Place
+
+    @property
+    def reads_new(self) -> bool:
+        """True when the application's table and column hold the target model's vectors."""
+        return (self.new.schema, self.new.table, self.new.column) == (self.read.schema, self.read.table,
+                                                                      self.read.column)
+
+
+@dataclass(frozen=True)
+class IndexTarget:
+    """One index the index phase builds (CONCURRENTLY) on the new vectors' table."""
+
+    name: str  # its name until cutover
+    schema: str
+    table: sql.Identifier  # the relation it is built on
+    statement: sql.Composed
+    vector: bool  # a vector index (verify checks it) or one the copy carries over (key, btree, ...)
+
+
+@dataclass
+class DropResult:
+    """What cleanup or abandon dropped, and how much disk that returns (now or after a rewrite)."""
+
+    phase: str
+    column: str
+    column_existed: bool
+    index: str | None
+    index_bytes: int = 0
+    column_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+    indexes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+Retry = Callable[[int, float, float], None]
+
+
+class Strategy(Protocol):
+    """What differs between strategies. Implementations: column.ColumnStrategy (the shadow column
+    in the application's table, renamed at the swap)."""
+
+    name: str
+
+    # -- where things are -------------------------------------------------------------------
+    def places(self, plan: "Plan", phase: str) -> Places: ...
+
+    # -- plan ---------------------------------------------------------------------------------
+    def check_plan(self, conn: psycopg.Connection, plan: "Plan", info: "TableInfo") -> None:
+        """Refuse (BadInput, naming it) whatever this strategy could not carry to cutover."""
+
+    def disk_bytes(self, plan: "Plan", rows: int) -> tuple[int, int]:
+        """(vector data, indexes) the new vectors need until cleanup."""
+
+    # -- prepare ↔ abandon ------------------------------------------------------------------
+    def check_prepare(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord") -> None: ...
+
+    def is_prepared(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord") -> bool: ...
+
+    def prepare(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord", *, lock_timeout_ms: int,
+                retries: int) -> str:
+        """Make the place for the new vectors and start tracking changes; idempotent. Returns what
+        was made, in words. The shared prepare phase seeds the ledger afterwards."""
+
+    def prepare_sql(self, plan: "Plan", plan_id: int) -> list[sql.Composable]: ...
+
+    def drop_tracking(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord", *, lock_timeout_ms: int,
+                      retries: int) -> None:
+        """The inverse of the tracking part of prepare (idempotent); cleanup and abandon call it."""
+
+    # -- backfill ---------------------------------------------------------------------------
+    def write_statement(self, plan: "Plan", phase: str, stage: sql.Identifier, plan_id: int,
+                        owner: str) -> sql.Composed:
+        """The guarded write of one staged batch into `places(phase).new`, marking the ledger."""
+
+    def fill_statement(self, plan: "Plan", phase: str, stage: sql.Identifier) -> sql.Composed:
+        """The guarded write of staged source-model vectors into `places(phase).old` (rollback fill)."""
+
+    # -- index ------------------------------------------------------------------------------
+    def check_index(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord") -> None: ...
+
+    def index_targets(self, plan: "Plan", phase: str) -> list[IndexTarget]: ...
+
+    # -- cutover ↔ rollback -----------------------------------------------------------------
+    def check_swap(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord", direction: str, *,
+                   refresh_matviews: bool) -> dict[str, list[str]]:
+        """Refuse what the swap in `direction` (cutover | rollback) cannot do; returns what it will carry."""
+
+    def swap(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord", direction: str, *,
+             recheck: Callable[[psycopg.Connection], None], lock_timeout_ms: int, retries: int,
+             refresh_matviews: bool, on_retry: Retry | None) -> "SwapOutcome": ...
+
+    def finish_swap(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord", *, lock_timeout_ms: int,
+                    retries: int) -> list[str]:
+        """After the lock: what needs a scan (VALIDATE, NOT NULL). Idempotent; returns notes."""
+
+    def swap_sql(self, plan: "Plan", direction: str) -> list[sql.Composable]: ...
+
+    # -- cleanup / abandon ------------------------------------------------------------------
+    def cleanup(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord", *, lock_timeout_ms: int,
+                retries: int) -> DropResult: ...
+
+    def abandon(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord", *, lock_timeout_ms: int,
+                retries: int) -> DropResult: ...
+
+    def cleanup_sql(self, plan: "Plan") -> list[sql.Composable]: ...

@@ -1,0 +1,378 @@
+"""The column strategy: a shadow column in the application's own table, renamed in at cutover.
+
+Prepare adds `<column>__<target tag>` (catalog-only, tagged by a JSON comment) and a tracking
+trigger; the backfill UPDATEs it (page-striped, so most updates stay HOT); each vector index is
+rebuilt on it CONCURRENTLY; the swap renames the two columns and their indexes in one short
+transaction and re-creates what binds to the column by number (toolkit.phases.swap,
+toolkit.phases.dependents); cleanup drops the old column. The application sees the extra
+column from prepare to cleanup (`SELECT *`, prepared statements, its own UPDATE triggers fire
+on every backfilled row): see DESIGN.md, "Two strategies".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import psycopg
+from psycopg import sql
+
+from toolkit.catalog import TableInfo
+from toolkit.errors import BadInput, GateFailed
+from toolkit.phases import dependents, swap
+from toolkit.phases.ddl import template
+from toolkit.phases.locking import run_locked
+from toolkit.phases.prepare import column_comment, key_json, tracking_names, vector_type, with_lock_timeout
+from toolkit.plan import Plan
+from toolkit.state import PlanRecord, log_event
+from toolkit.strategies.base import SWAPPED_PHASES, DropResult, IndexTarget, Place, Places, Retry
+
+_STORAGE = {"p": "PLAIN", "e": "EXTERNAL", "m": "MAIN", "x": "EXTENDED"}
+HNSW_GRAPH_OVERHEAD = 1.3
+
+
+class ColumnStrategy:
+    name = "column"
+
+    # -- where things are -------------------------------------------------------------------
+    def places(self, plan: Plan, phase: str) -> Places:
+        schema, table = plan.table_schema, plan.table_name
+        originals = tuple(i.original_name for i in plan.indexes)
+        read = Place(schema, table, plan.column, originals)
+        if phase in SWAPPED_PHASES:
+            new = Place(schema, table, plan.column, tuple(i.original_name or i.shadow_name for i in plan.indexes))
+            old = Place(schema, table, plan.old_column,
+                        tuple(i.old_name if i.original_name else None for i in plan.indexes))
+        else:
+            new = Place(schema, table, plan.shadow_column, tuple(i.shadow_name for i in plan.indexes))
+            old = read
+        return Places(read=read, new=new, old=old)
+
+    # -- plan ---------------------------------------------------------------------------------
+    def check_plan(self, conn: psycopg.Connection, plan: Plan, info: TableInfo) -> None:
+        for wanted in (plan.shadow_column, plan.old_column):
+            if info.column(wanted) is not None:
+                raise BadInput(f"column {wanted!r} already exists in {info.qualified}: drop it or plan another target")
+
+    def disk_bytes(self, plan: Plan, rows: int) -> tuple[int, int]:
+        vector_bytes = 4 * plan.dimensions + 8
+        data = rows * vector_bytes
+        return data, int(data * HNSW_GRAPH_OVERHEAD) * len(plan.indexes)
+
+    # -- prepare ↔ abandon ------------------------------------------------------------------
+    def check_prepare(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> None:
+        state = _shadow_state(conn, plan)
+        if state is None:
+            return
+        type_, comment = state
+        if (comment or {}).get("plan") != plan.name:
+            raise GateFailed(f"column {plan.shadow_column!r} already exists in {plan.table_display} and was not "
+                             f"created by plan {plan.name!r}: drop or rename it, or plan another target")
+        wanted = vector_type(plan).as_string(conn).replace('"', "")
+        if type_ != wanted:
+            raise GateFailed(f"column {plan.shadow_column!r} is {type_}, plan {plan.name!r} needs {wanted}")
+
+    def is_prepared(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> bool:
+        return _tracking_installed(conn, plan, record.id)
+
+    def prepare(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
+                retries: int) -> str:
+        storage = _original_storage(conn, plan)
+
+        def add_column(c: psycopg.Connection) -> None:
+            c.execute(_add_column(plan))
+            if storage and storage != _default_storage(c, plan):
+                c.execute(_set_storage(plan, storage))
+            c.execute(_comment(plan))
+
+        if _shadow_state(conn, plan) is None:
+            with_lock_timeout(conn, add_column, what=f"adding column {plan.shadow_column}",
+                              lock_timeout_ms=lock_timeout_ms, retries=retries)
+
+        def install_tracking(c: psycopg.Connection) -> None:
+            c.execute(_track_function(plan, record.id))
+            c.execute(_track_trigger(plan, record.id))
+
+        with_lock_timeout(conn, install_tracking, what="installing change tracking",
+                          lock_timeout_ms=lock_timeout_ms, retries=retries)
+        return f"shadow column {plan.shadow_column} added, tracking installed"
+
+    def prepare_sql(self, plan: Plan, plan_id: int) -> list[sql.Composable]:
+        return [_add_column(plan), _comment(plan), _track_function(plan, plan_id), _track_trigger(plan, plan_id)]
+
+    def drop_tracking(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
+                      retries: int) -> None:
+        _drop_tracking(conn, plan, record, lock_timeout_ms=lock_timeout_ms, retries=retries)
+
+    # -- backfill ---------------------------------------------------------------------------
+    def write_statement(self, plan: Plan, phase: str, stage: sql.Identifier, plan_id: int,
+                        owner: str) -> sql.Composed:
+        new = self.places(plan, phase).new
+        return template("backfill_write", table=new.ident, target=sql.Identifier(new.column), stage=stage,
+                        match=_match(plan, "t", "s"), hash=plan.text_hash_expression("t"),
+                        plan_id=sql.Literal(plan_id), owner=sql.Literal(owner))
+
+    def fill_statement(self, plan: Plan, phase: str, stage: sql.Identifier) -> sql.Composed:
+        old = self.places(plan, phase).old
+        column = sql.Identifier(old.column)
+        return sql.SQL(
+            "UPDATE {table} AS t SET {column} = s.v FROM {stage} AS s WHERE {match} AND {hash} = s.hash "
+            "AND t.{column} IS NULL").format(table=old.ident, column=column, stage=stage,
+                                              match=_match(plan, "t", "s"), hash=plan.text_hash_expression("t"))
+
+    # -- index ------------------------------------------------------------------------------
+    def check_index(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> None:
+        import re
+
+        for spec in plan.indexes:
+            predicate = spec.predicate
+            if predicate and re.search(rf'(?<![\w$"]){re.escape(plan.column)}(?![\w$"])|"{re.escape(plan.column)}"',
+                                       predicate):
+                raise GateFailed(f"the original index's predicate ({predicate}) reads column {plan.column} itself; "
+                                 "reembed will not rewrite it onto the new column: build that index by hand, then "
+                                 "run this again")
+        new = self.places(plan, record.phase).new
+        exists = conn.execute("SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s "
+                              "AND NOT attisdropped", (new.ident.as_string(conn), new.column)).fetchone()
+        if exists is None:
+            raise GateFailed(f"the column {new.column} with the new vectors is missing from {plan.table_display}")
+
+    def index_targets(self, plan: Plan, phase: str) -> list[IndexTarget]:
+        new = self.places(plan, phase).new
+        return [IndexTarget(name=name, schema=new.schema, table=new.ident,
+                            statement=spec.render(new.ident, new.column, name), vector=True)
+                for spec, name in zip(plan.indexes, new.indexes) if name is not None]
+
+    # -- cutover ↔ rollback -----------------------------------------------------------------
+    def _exchange(self, plan: Plan, direction: str, shadow_comment: str | None = None) -> swap.Exchange:
+        renames: list[tuple[str, str]] = []
+        paired = [i for i in plan.indexes if i.original_name and i.old_name]
+        if direction == "cutover":
+            # Every original moves aside first, then every new index takes its name: no clash
+            # even when one index's new name is another's old name.
+            renames = [(i.original_name, i.old_name) for i in paired]  # type: ignore[misc]
+            renames += [(i.shadow_name, i.original_name) for i in paired]  # type: ignore[misc]
+            return swap.Exchange(direction="cutover", column=plan.column, incoming=plan.shadow_column,
+                                 aside=plan.old_column, index_renames=renames,
+                                 aside_comment=swap.aside_comment(plan, plan.source, "old vectors"),
+                                 phase_after="cut_over")
+        renames = [(i.original_name, i.shadow_name) for i in paired]  # type: ignore[misc]
+        renames += [(i.old_name, i.original_name) for i in paired]  # type: ignore[misc]
+        return swap.Exchange(direction="rollback", column=plan.column, incoming=plan.old_column,
+                             aside=plan.shadow_column, index_renames=renames, aside_comment=shadow_comment,
+                             phase_after="rolled_back")
+
+    def check_swap(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, direction: str, *,
+                   refresh_matviews: bool) -> dict[str, list[str]]:
+        oid = dependents.table_oid(conn, plan.table)
+        if direction == "rollback":
+            if swap.column_state(conn, oid, plan.old_column) is None:
+                raise GateFailed(f"column {plan.old_column} with the old vectors is gone from {plan.table_display}")
+            for name in self.places(plan, record.phase).old.index_names:
+                row = conn.execute("SELECT i.indisvalid AND i.indisready FROM pg_index i JOIN pg_class c ON "
+                                   "c.oid = i.indexrelid WHERE i.indrelid = %s AND c.relname = %s",
+                                   (oid, name)).fetchone()
+                if row is None or not row[0]:
+                    raise GateFailed(f"index {name} on the old vectors is missing or INVALID")
+            return {}
+        captured = dependents.capture(conn, oid, plan.column)
+        swap.refuse_unsupported(captured, refresh_matviews)
+        if swap.column_state(conn, oid, plan.old_column) is not None:
+            raise GateFailed(f"column {plan.old_column} already exists in {plan.table_display}: the old vectors "
+                             "need that name")
+        return captured.summary()
+
+    def swap(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, direction: str, *,
+             recheck: Callable[[psycopg.Connection], None], lock_timeout_ms: int, retries: int,
+             refresh_matviews: bool, on_retry: Retry | None) -> swap.SwapOutcome:
+        shadow_comment = None
+        if direction == "rollback":
+            cut = swap.last_swap(conn, record.id, "cutover")
+            shadow_comment = cut["captured"].get("incoming_comment") if cut else None
+        return swap.perform(conn, plan, record, self._exchange(plan, direction, shadow_comment), recheck=recheck,
+                            lock_timeout_ms=lock_timeout_ms, retries=retries, refresh_matviews=refresh_matviews,
+                            on_retry=on_retry)
+
+    def finish_swap(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
+                    retries: int) -> list[str]:
+        return swap.finish(conn, plan, record, lock_timeout_ms=lock_timeout_ms, retries=retries)
+
+    def swap_sql(self, plan: Plan, direction: str) -> list[sql.Composable]:
+        return swap.statements(plan, self._exchange(plan, direction))
+
+    # -- cleanup / abandon ------------------------------------------------------------------
+    def cleanup(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
+                retries: int) -> DropResult:
+        old = self.places(plan, record.phase).old
+        return _drop(conn, plan, record, column=old.column, indexes=old.index_names, phase="cleaned_up",
+                     lock_timeout_ms=lock_timeout_ms, retries=retries)
+
+    def abandon(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
+                retries: int) -> DropResult:
+        new = self.places(plan, record.phase).new
+        return _drop(conn, plan, record, column=new.column, indexes=new.index_names, phase="abandoned",
+                     lock_timeout_ms=lock_timeout_ms, retries=retries)
+
+    def cleanup_sql(self, plan: Plan) -> list[sql.Composable]:
+        old = self.places(plan, "cut_over").old
+        out: list[sql.Composable] = [template("index_drop", index=sql.Identifier(plan.table_schema, name))
+                                     for name in old.index_names]
+        out.append(template("cleanup_drop_column", table=plan.table, column=sql.Identifier(old.column)))
+        out.append(sql.SQL("-- then drop the plan's change tracking trigger and function (see prepare)"))
+        return out
+
+
+# -- prepare's statements --------------------------------------------------------------------
+
+def _add_column(plan: Plan) -> sql.Composable:
+    return template("prepare_add_column", table=plan.table, shadow=sql.Identifier(plan.shadow_column),
+                    type=vector_type(plan))
+
+
+def _comment(plan: Plan, created_at: str | None = None) -> sql.Composable:
+    return template("prepare_comment", column=sql.Identifier(plan.table_schema, plan.table_name, plan.shadow_column),
+                    comment=sql.Literal(column_comment(plan, created_at)))
+
+
+def _set_storage(plan: Plan, storage: str) -> sql.Composable:
+    return template("prepare_set_storage", table=plan.table, shadow=sql.Identifier(plan.shadow_column),
+                    storage=sql.SQL(_STORAGE[storage]))
+
+
+def _watched(plan: Plan) -> list[str]:
+    return plan.tracked_columns + [c for c in plan.primary_key if c not in plan.tracked_columns]
+
+
+def _track_function(plan: Plan, plan_id: int) -> sql.Composable:
+    unchanged = sql.SQL(" AND ").join(
+        sql.SQL("OLD.{c} IS NOT DISTINCT FROM NEW.{c}").format(c=sql.Identifier(c)) for c in _watched(plan))
+    return template("prepare_track_function", function=tracking_names(plan_id).function, unchanged=unchanged,
+                    old_key=key_json(plan, "OLD"), new_key=key_json(plan, "NEW"), plan_id=sql.Literal(plan_id))
+
+
+def _track_trigger(plan: Plan, plan_id: int) -> sql.Composable:
+    names = tracking_names(plan_id)
+    return template("prepare_track_trigger", trigger=sql.Identifier(names.trigger), table=plan.table,
+                    columns=sql.SQL(", ").join(sql.Identifier(c) for c in _watched(plan)), function=names.function)
+
+
+def _shadow_state(conn: psycopg.Connection, plan: Plan) -> tuple[str, dict | None] | None:
+    """(type, JSON comment) of the shadow column, or None when it does not exist."""
+    row = conn.execute(
+        """SELECT format_type(a.atttypid, a.atttypmod), col_description(a.attrelid, a.attnum)
+           FROM pg_attribute a
+           WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND NOT a.attisdropped""",
+        (plan.table.as_string(conn), plan.shadow_column)).fetchone()
+    if row is None:
+        return None
+    try:
+        comment = json.loads(row[1]) if row[1] else None
+    except ValueError:
+        comment = None
+    return row[0], comment if isinstance(comment, dict) else None
+
+
+def _tracking_installed(conn: psycopg.Connection, plan: Plan, plan_id: int) -> bool:
+    row = conn.execute("SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
+                       (plan.table.as_string(conn), tracking_names(plan_id).trigger)).fetchone()
+    return row is not None
+
+
+def _drop_tracking(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
+                  retries: int) -> None:
+    """Remove the plan's trigger and tracking function (idempotent). Leaves the ledger and the
+    shadow column alone. `conn` must be in autocommit mode."""
+    names = tracking_names(record.id)
+
+    def drop(c: psycopg.Connection) -> None:
+        if c.execute("SELECT to_regclass(%s)", (plan.table.as_string(c),)).fetchone()[0] is not None:
+            c.execute(template("prepare_drop_trigger", trigger=sql.Identifier(names.trigger), table=plan.table))
+        c.execute(template("prepare_drop_function", function=names.function))
+
+    with_lock_timeout(conn, drop, what="dropping change tracking", lock_timeout_ms=lock_timeout_ms, retries=retries)
+    log_event(conn, record.id, "tracking", f"change tracking dropped ({names.trigger}, {names.function_name})")
+
+
+def _original_storage(conn: psycopg.Connection, plan: Plan) -> str | None:
+    row = conn.execute(
+        "SELECT attstorage FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s AND NOT attisdropped",
+        (plan.table.as_string(conn), plan.column)).fetchone()
+    return row[0] if row else None
+
+
+def _default_storage(conn: psycopg.Connection, plan: Plan) -> str:
+    row = conn.execute("SELECT typstorage FROM pg_type WHERE typname = %s",
+                       ("halfvec" if plan.column_type.startswith("halfvec") else "vector",)).fetchone()
+    return row[0] if row else ""
+
+
+def _match(plan: Plan, left: str, right: str) -> sql.Composable:
+    return sql.SQL(" AND ").join(
+        sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), sql.Identifier(c), sql.Identifier(right),
+                                        sql.Identifier(c)) for c in plan.primary_key)
+
+
+# -- cleanup and abandon -------------------------------------------------------------------------
+
+def _bound_elsewhere(conn: psycopg.Connection, oid: int, column: str, schema: str, own_indexes: set[str]) -> list[str]:
+    captured = dependents.capture(conn, oid, column)
+    found = [f"{kind} {', '.join(names)}" for kind, names in captured.summary().items()
+             if kind not in ("comment", "grant", "statistics_target")]
+    # Compare names quoted the same way capture() quotes them: parsing quoted names back breaks on
+    # an index whose name holds a quote or a dot.
+    own = {row[0] for row in conn.execute("SELECT format('%%I.%%I', %s::text, i) FROM unnest(%s::text[]) AS i",
+                                          (schema, sorted(own_indexes)))}
+    found += [f"index {i}" for i in captured.indexes if i not in own]
+    found += captured.unsupported
+    return found
+
+
+def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: str, indexes: list[str], phase: str,
+          lock_timeout_ms: int, retries: int) -> DropResult:
+    from toolkit.state import set_phase
+
+    oid = dependents.table_oid(conn, plan.table)
+    exists = swap.column_state(conn, oid, column) is not None
+    result = DropResult(phase=phase, column=column, column_existed=exists, index=indexes[0] if indexes else None,
+                        indexes=list(indexes))
+    if exists:
+        blockers = _bound_elsewhere(conn, oid, column, plan.table_schema, set(indexes))
+        if blockers:
+            raise GateFailed(f"{'; '.join(blockers)} still use(s) column {column} of {plan.table_display}: "
+                             "drop or re-point them first (reembed drops without CASCADE); nothing was dropped")
+        result.column_bytes = conn.execute(template("cleanup_column_bytes", column=sql.Identifier(column),
+                                                    table=plan.table)).fetchone()[0]  # type: ignore[index]
+    freed = []
+    for index in indexes:
+        ident = sql.Identifier(plan.table_schema, index)
+        size = conn.execute("SELECT pg_relation_size(to_regclass(%s))", (ident.as_string(conn),)).fetchone()[0]  # type: ignore[index]
+        result.index_bytes += int(size or 0)
+        if size:
+            freed.append(index)
+        conn.execute(template("index_drop", index=ident))  # CONCURRENTLY: before the column, without a long lock
+    if exists:
+        def drop_column(c: psycopg.Connection) -> None:
+            c.execute(template("cleanup_drop_column", table=plan.table, column=sql.Identifier(column)))
+        try:
+            run_locked(conn, [plan.table], drop_column, lock_timeout_ms=lock_timeout_ms, retries=retries,
+                       what=f"dropping column {column}")
+        except psycopg.errors.DependentObjectsStillExist as exc:
+            detail = (exc.diag.message_detail or "").replace("\n", "; ")
+            raise GateFailed(f"column {column} is still used: {detail}; drop or re-point that first "
+                             "(reembed drops without CASCADE)") from None
+    _drop_tracking(conn, plan, record, lock_timeout_ms=lock_timeout_ms, retries=retries)
+    if result.column_bytes:
+        result.notes.append(
+            f"{_mb(result.column_bytes)} of {column} stays in {plan.table_display}'s files until the table is "
+            f"rewritten: `VACUUM FULL {plan.table.as_string(conn)}` (locks the table for the whole rewrite) or "
+            f"`pg_repack --table {plan.table_display}` (online)")
+    if result.index_bytes:
+        result.notes.append(f"index {', '.join(freed)} freed {_mb(result.index_bytes)} at once")
+    set_phase(conn, record.id, phase, f"{phase}: dropped {column}" + (f" and {', '.join(indexes)}" if indexes else ""),
+              result.to_json())
+    record.phase = phase
+    return result
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
