@@ -22,13 +22,16 @@ __all__ = ["EmulatorServer", "EmulatorStats", "Faults", "expected_vector", "expe
 
 
 def start_gemini(port: int = 0, *, api_keys: Iterable[str] | None = None, forbidden_keys: Iterable[str] = (),
-                 models: Mapping[str, int] | None = None, **fault_options: Any) -> EmulatorServer:
-    """A Gemini API emulator. api_keys: the accepted keys (None: any non-empty key)."""
+                 models: Mapping[str, int] | None = None, answer_cache_bytes: int | None = None,
+                 **fault_options: Any) -> EmulatorServer:
+    """A Gemini API emulator (embeddings, batch jobs, files). api_keys: the accepted keys (None: any
+    non-empty key); answer_cache_bytes: memory for pre-serialised answers (GeminiApp)."""
     faults, rest = split_fault_options(fault_options)
     if rest:
         raise TypeError(f"unknown Gemini emulator options: {', '.join(sorted(rest))}")
+    extra = {} if answer_cache_bytes is None else {"answer_cache_bytes": answer_cache_bytes}
     return EmulatorServer(GeminiApp(faults, api_keys=api_keys, forbidden_keys=forbidden_keys,
-                                    models=dict(models) if models else None), port)
+                                    models=dict(models) if models else None, **extra), port)
 
 
 def start_ollama(port: int = 0, models: Iterable[str] | Mapping[str, int] = ("nomic-embed-text",),

@@ -4,18 +4,27 @@ Speaks what google-genai sends: POST /{v1,v1beta}/models/{model}:batchEmbedConte
 :embedContent, camelCase JSON, the key in `x-goog-api-key` (or `?key=`). Mirrors the
 real service's answers where our code depends on them: at most 100 requests per batch,
 400 for an empty Part, 404 for unknown and retired models, 429 RESOURCE_EXHAUSTED with
-google.rpc.RetryInfo, vectors below 3072 dims not unit length, and gemini-embedding-2
-folding the parts of one Content into one vector.
+google.rpc.RetryInfo (a per-day quota id in QuotaFailure once the daily quota is used up),
+vectors below 3072 dims not unit length, and gemini-embedding-2 folding the parts of one
+Content into one vector. The Batch and Files APIs live in gemini_batches.py.
+
+Answers are pre-serialised: the JSON of each embedding is cached by (model, text, task type,
+title, dimensions) up to `answer_cache_bytes`, so a benchmark that embeds the same table
+again (or warms the cache first) measures reembed, not the emulator's float formatting.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import threading
+from collections import OrderedDict
 from typing import Any, Iterable
 
 import numpy as np
 
+from toolkit.emulators.gemini_batches import BatchService
 from toolkit.emulators.server import App, Faults, Request, Response
 from toolkit.emulators.vectors import TASK_TYPES, gemini_values
 from toolkit.providers.tokens import estimate_tokens
@@ -23,6 +32,8 @@ from toolkit.providers.tokens import estimate_tokens
 MODELS = {"gemini-embedding-001": 3072, "gemini-embedding-2": 3072}
 RETIRED = ("text-embedding-004", "embedding-001", "embedding-gecko-001")
 MAX_BATCH = 100
+ANSWER_CACHE_BYTES = 64 * 1024 * 1024
+DAILY_RETRY_SECONDS = 20.0  # the real API's RetryInfo for a per-day quota is seconds, not the day's end
 _ROUTE = re.compile(r"^/(v1|v1beta)/models/([^/:]+):(batchEmbedContents|embedContent)$")
 _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
            429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
@@ -43,17 +54,68 @@ def error(code: int, message: str, details: list[dict[str, Any]] | None = None) 
 
 class GeminiApp(App):
     def __init__(self, faults: Faults, api_keys: Iterable[str] | None = None,
-                 forbidden_keys: Iterable[str] = (), models: dict[str, int] | None = None) -> None:
+                 forbidden_keys: Iterable[str] = (), models: dict[str, int] | None = None,
+                 answer_cache_bytes: int = ANSWER_CACHE_BYTES) -> None:
         super().__init__(faults)
         self.api_keys = set(api_keys) if api_keys is not None else None  # None: any key works
         self.forbidden_keys = set(forbidden_keys)
         self.models = dict(models or MODELS)
+        self.batches = BatchService(self)
+        self.texts_today = 0
+        self._answers: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._answer_bytes = 0
+        self._answer_budget = answer_cache_bytes
+        self._answers_lock = threading.Lock()
+
+    def reset_state(self) -> None:
+        self.texts_today = 0
+        self.batches.reset()
+
+    def takes_raw_body(self, path: str) -> bool:
+        return self.batches.takes_raw_body(path)
+
+    def embedding_json(self, model: str, text: str, task: str | None, title: str | None, dims: int | None) -> bytes:
+        """`{"values": [...]}` of one embedding, serialised once (nine decimals, like the real API's short
+        floats: half the JSON of float32 reprs, far below float32 resolution once normalized)."""
+        native = self.models[model]
+        key = (model, text, task, title, dims or native)
+        with self._answers_lock:
+            cached = self._answers.get(key)
+            if cached is not None:
+                self._answers.move_to_end(key)
+                return cached
+        values = np.round(gemini_values(model, text, task_type=task, title=title, dims=dims or native,
+                                        native=native), 9).tolist()
+        answer = b'{"values": ' + json.dumps(values).encode() + b"}"
+        with self._answers_lock:
+            if key not in self._answers and len(answer) <= self._answer_budget:
+                self._answers[key] = answer
+                self._answer_bytes += len(answer)
+                while self._answer_bytes > self._answer_budget:
+                    _, dropped = self._answers.popitem(last=False)
+                    self._answer_bytes -= len(dropped)
+        return answer
+
+    def warm(self, model: str, items: Iterable[tuple[str, str | None, str | None, int | None]]) -> int:
+        """Serialise these answers ahead (text, task type, title, dims); returns how many are cached."""
+        for text, task, title, dims in items:
+            self.embedding_json(model, text, task, title or None, dims)
+        with self._answers_lock:
+            return len(self._answers)
 
     def bad_json(self) -> Response:
         self.count("client_errors")
         return error(400, "Invalid JSON payload received.")
 
     def handle(self, request: Request) -> Response:
+        batch_handler = self.batches.route(request)
+        if batch_handler is not None:
+            # An upload session's URL is its own credential (the real one carries upload_id too).
+            denied = None if "upload_id" in request.query else self._check_key(request)
+            if denied:
+                self.count("client_errors")
+                return denied
+            return batch_handler()
         match = _ROUTE.match(request.path)
         if request.method != "POST" or not match:
             self.count("client_errors")
@@ -76,8 +138,13 @@ class GeminiApp(App):
             return error(400, str(exc))
 
         texts = [text for text, _, _, _ in items]
+        if not self._take_daily(len(texts)):
+            self.count("rate_limited")
+            self.count("daily_limited")
+            return self._daily_error(model)
         wait = self.take_quota(len(texts), sum(estimate_tokens(t) for t in texts))
         if wait is not None:
+            self._give_back_daily(len(texts))
             self.count("rate_limited")
             return self._quota_error(model, wait)
 
@@ -93,22 +160,16 @@ class GeminiApp(App):
             self.count("server_errors" if status >= 500 else "client_errors")
             return error(status, _MESSAGES.get(status, "error"))
 
-        native = self.models[model]
-        # Nine decimals, like the real API's short floats: half the JSON of float32 reprs,
-        # and far below float32 resolution once normalized.
-        vectors = [
-            np.round(gemini_values(model, text, task_type=task, title=title, dims=dims or native, native=native),
-                     9).tolist()
-            for text, task, title, dims in items
-        ]
+        answers = [self.embedding_json(model, text, task, title, dims) for text, task, title, dims in items]
         if fault:  # a malformed kind
             self.count("malformed")
-            vectors = self.corrupt(vectors, fault)
+            vectors = self.corrupt([json.loads(a)["values"] for a in answers], fault)
+            answers = [json.dumps({"values": v}).encode() for v in vectors]
         self.count("ok")
         self.count("texts", len(texts))
         if method == "embedContent":
-            return Response(200, {"embedding": {"values": vectors[0]}})
-        return Response(200, {"embeddings": [{"values": v} for v in vectors]})
+            return Response(200, b'{"embedding": ' + answers[0] + b"}")
+        return Response(200, b'{"embeddings": [' + b", ".join(answers) + b"]}")
 
     # ---------------------------------------------------------------------------
 
@@ -132,15 +193,15 @@ class GeminiApp(App):
             raise BadRequest("Invalid JSON payload received. Expected an object.")
         self.bodies.append((f"models/{model}:{method}", body))
         if method == "embedContent":
-            return [self._parse_one(model, body, "")]
+            return [self.parse_request(model, body, "")]
         requests = body.get("requests")
         if not isinstance(requests, list) or not requests:
             raise BadRequest("* BatchEmbedContentsRequest.requests: contents is not specified")
         if len(requests) > MAX_BATCH:
             raise BadRequest(f"* BatchEmbedContentsRequest.requests: at most {MAX_BATCH} requests can be in one batch")
-        return [self._parse_one(model, r, f"requests[{i}].") for i, r in enumerate(requests)]
+        return [self.parse_request(model, r, f"requests[{i}].") for i, r in enumerate(requests)]
 
-    def _parse_one(self, model: str, request: Any, where: str) -> tuple[str, str | None, str | None, int | None]:
+    def parse_request(self, model: str, request: Any, where: str) -> tuple[str, str | None, str | None, int | None]:
         if not isinstance(request, dict):
             raise BadRequest(f"Invalid value at '{where or 'request'}'")
         if where and request.get("model") not in (f"models/{model}", None):
@@ -181,6 +242,36 @@ class GeminiApp(App):
                 raise BadRequest(f"* BatchEmbedContentsRequest.{where}output_dimensionality: must be between 1 and "
                                  f"{self.models[model]}")
         return text, task, title or None, dims
+
+    def _take_daily(self, texts: int) -> bool:
+        with self.lock:
+            cap = self.faults.quota_texts_per_day
+            if cap is not None and self.texts_today + texts > cap:
+                return False
+            self.texts_today += texts
+            return True
+
+    def _give_back_daily(self, texts: int) -> None:
+        with self.lock:
+            self.texts_today -= texts
+
+    def _daily_error(self, model: str) -> Response:
+        """What the real API answers once a per-day quota is used up: the QuotaFailure names a per-day
+        quota id; its RetryInfo still says seconds, so only the id tells a client not to retry."""
+        limit = self.faults.quota_texts_per_day
+        delay = self.faults.retry_delay if self.faults.retry_delay is not None else DAILY_RETRY_SECONDS
+        metric = "generativelanguage.googleapis.com/embed_content_free_tier_requests"
+        return error(429, "You exceeded your current quota, please check your plan and billing details. "
+                          f"* Quota exceeded for metric: {metric}, limit: {limit}, model: {model}\n"
+                          f"Please retry in {delay:.6f}s.", [
+            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                "quotaMetric": metric, "quotaId": "EmbedContentRequestsPerDayPerProjectPerModel-FreeTier",
+                "quotaDimensions": {"location": "global", "model": model}, "quotaValue": str(limit)}]},
+            {"@type": "type.googleapis.com/google.rpc.Help",
+             "links": [{"description": "Learn more about Gemini API quotas",
+                        "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{delay:.0f}s"},
+        ])
 
     def _quota_error(self, model: str, wait: float) -> Response:
         limit = self.faults.quota_texts_per_minute

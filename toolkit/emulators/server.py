@@ -39,6 +39,17 @@ class Faults:
     malformed_kind: str = "mixed"  # count | dimension | nan | zero | mixed
     reset_rate: float = 0.0  # share of requests whose connection is reset without an answer
     seed: int = 0
+    # A daily quota (texts per day); beyond it a 429 whose QuotaFailure names a per-day quota id.
+    quota_texts_per_day: int | None = None
+    # Batch jobs (Gemini): seconds a new job stays PENDING, then RUNNING, before it ends; the
+    # outcomes of the next jobs, one consumed per job created: "succeeded", "failed", "expired",
+    # or "errors=0,7" (succeeded, with those requests of the job answered by an error); and a
+    # share of requests answered by an error inside any succeeded job.
+    batch_pending_seconds: float = 0.0
+    batch_running_seconds: float = 0.0
+    batch_script: list[str] = field(default_factory=list)
+    batch_request_error_rate: float = 0.0
+    batch_inline_limit_bytes: int = 20 * 1024 * 1024  # the real API's request size limit
     # Forced outcomes for the next requests, one consumed per request, before the rates:
     # "429", "500", "503", "reset", "count", "dimension", "nan", "zero", "ok".
     script: list[str] = field(default_factory=list)
@@ -59,6 +70,10 @@ class EmulatorStats:
     malformed: int = 0  # corrupted 200s served
     resets: int = 0  # connections reset
     client_errors: int = 0  # other 4xx served (bad request, auth, unknown model)
+    daily_limited: int = 0  # 429s served for the daily quota
+    batch_jobs: int = 0  # batch jobs created (each one is paid for on the real API)
+    batch_requests: int = 0  # embedding requests inside the batch jobs created
+    files_uploaded: int = 0
 
 
 @dataclass
@@ -67,14 +82,17 @@ class Request:
     path: str
     query: dict[str, str]
     headers: Mapping[str, str]
-    body: Any  # parsed JSON, or None
+    body: Any  # parsed JSON, or None (also for a body that is not JSON, when the app takes raw bodies)
+    raw: bytes = b""
 
 
 @dataclass
 class Response:
     status: int
-    body: Any = None  # JSON-serializable, or str for text/plain
+    body: Any = None  # JSON-serializable, str for text/plain, or bytes sent as they are (pre-serialised JSON)
     reset: bool = False  # drop the connection with an RST instead of answering
+    headers: dict[str, str] | None = None
+    content_type: str | None = None  # for a bytes body; default application/json
 
 
 class App:
@@ -92,6 +110,13 @@ class App:
     def handle(self, request: Request) -> Response:
         raise NotImplementedError
 
+    def reset_state(self) -> None:
+        """Forget what the app keeps beyond faults and stats (jobs, files, daily counts); lock held."""
+
+    def takes_raw_body(self, path: str) -> bool:
+        """Paths whose body is not JSON (file uploads): handed over as Request.raw."""
+        return False
+
     # Helpers for subclasses -------------------------------------------------------
 
     def count(self, name: str, n: int = 1) -> None:
@@ -106,8 +131,9 @@ class App:
         with self.lock:
             if "seed" in changes:
                 self.rng = random.Random(changes["seed"])
-            if "script" in changes:
-                changes["script"] = list(changes["script"])
+            for name in ("script", "batch_script"):
+                if name in changes:
+                    changes[name] = list(changes[name])
             self.faults = replace(self.faults, **changes)
 
     def next_fault(self) -> str | None:
@@ -187,6 +213,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:  # noqa: N802
         self._dispatch("HEAD")
 
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._dispatch("DELETE")
+
     def _dispatch(self, method: str) -> None:
         path, _, query_string = self.path.partition("?")
         query = dict(part.partition("=")[::2] for part in query_string.split("&") if part)
@@ -196,12 +225,12 @@ class _Handler(BaseHTTPRequestHandler):
         app.count("requests")
         try:
             body = json.loads(raw) if raw else None
-        except json.JSONDecodeError:
-            body = ...
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None if app.takes_raw_body(path) else ...
         if body is ...:
             response = app.bad_json() if hasattr(app, "bad_json") else Response(400, {"error": "invalid JSON"})
         else:
-            request = Request(method, path, query, {k.lower(): v for k, v in self.headers.items()}, body)
+            request = Request(method, path, query, {k.lower(): v for k, v in self.headers.items()}, body, raw)
             try:
                 response = app.handle(request)
             except Exception:  # noqa: BLE001 - an emulator bug must show up as a 500, not a hang
@@ -213,13 +242,17 @@ class _Handler(BaseHTTPRequestHandler):
         if response.reset:
             self._reset()
             return
-        if isinstance(response.body, str):
+        if isinstance(response.body, bytes):
+            payload, ctype = response.body, response.content_type or "application/json; charset=UTF-8"
+        elif isinstance(response.body, str):
             payload, ctype = response.body.encode(), "text/plain; charset=utf-8"
         else:
             payload, ctype = json.dumps(response.body).encode(), "application/json; charset=UTF-8"
         self.send_response(response.status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(payload)))
+        for name, value in (response.headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         if method != "HEAD":
             self.wfile.write(payload)
@@ -289,9 +322,11 @@ class EmulatorServer:
     def reset(self) -> None:
         """Back to the state it started in: initial faults, empty quota window, zero stats."""
         with self.app.lock:
-            self.app.faults = replace(self.app.initial_faults, script=list(self.app.initial_faults.script))
+            self.app.faults = replace(self.app.initial_faults, script=list(self.app.initial_faults.script),
+                                      batch_script=list(self.app.initial_faults.batch_script))
             self.app.rng = random.Random(self.app.faults.seed)
             self.app._quota_log.clear()
+            self.app.reset_state()
         self.reset_stats()
 
     def stop(self) -> None:
