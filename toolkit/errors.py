@@ -43,3 +43,10 @@ class MalformedResponse(ProviderError):
 
 class QuotaExhausted(ProviderUnreachable):
     """The provider kept answering 429 (or asked for a wait longer than we accept)."""
+
+
+class DailyQuotaExhausted(QuotaExhausted):
+    """A per-day quota is used up (the provider said so, or --rpd was reached): nothing to retry
+    until it resets, so the run stops (exit 1) with the time it resets."""
+
+    exit_code = 1

@@ -50,6 +50,10 @@ class Estimate:
     cost_usd: float
     shadow_column_bytes: int
     shadow_index_bytes: int
+    rpd: int = 0  # texts per day; 0: no daily cap assumed
+    days_at_quota: float = 0.0  # when the daily cap binds: the days it takes (else 0)
+    batch_cost_usd: float = 0.0  # through the Batch API (`run --batch-api`), at its discount
+    batch_jobs: int = 0
 
 
 @dataclass

@@ -22,6 +22,11 @@ What it decides, for every HTTP request an embedder makes:
   the first success), bounded by `max_attempts` per request. Shared windows plus the
   in-flight bound are what keep us from a retry storm.
 * **Permanent errors** (400, 401/403, 404...) are raised at once.
+* **Daily quotas** (`rpd`, and a 429 whose quota is a per-day one): nothing to wait for within a
+  run. The texts sent since the quota's day began (midnight Pacific time, when Gemini's daily
+  quotas reset) are counted; a request that would pass `rpd`, or a provider's per-day 429,
+  closes the limiter: that request and every later one raise DailyQuotaExhausted, which says
+  when the quota resets, instead of retrying into it.
 
 The limiter knows nothing about SDK exception types: the caller passes a `classify`
 function that turns an exception into a `Failure` (kind + the ReembedError to raise).
@@ -36,9 +41,10 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Hashable, Iterator, TypeVar
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Hashable, Iterator, TypeVar
 
-from toolkit.errors import QuotaExhausted, ReembedError
+from toolkit.errors import DailyQuotaExhausted, QuotaExhausted, ReembedError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,7 @@ class FailureKind(Enum):
     RATE_LIMITED = "rate_limited"  # 429: wait retry_after (shared), slow down, retry
     TRANSIENT = "transient"  # 5xx, reset, timeout: back off with jitter, retry (bounded)
     PERMANENT = "permanent"  # bad request, auth, unknown model: raise now
+    DAILY_QUOTA = "daily_quota"  # a per-day quota is used up: stop everything until it resets
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,8 @@ class LimiterStats:
     allowed_in_flight: int | None  # the adaptive window; None = unbounded
     rpm: int | None  # the hard caps
     tpm: int | None
+    rpd: int | None = None
+    texts_today: int = 0  # texts sent since the daily quota's day began
 
 
 class RateLimiter:
@@ -101,16 +110,24 @@ class RateLimiter:
         max_server_delay: float = 900.0,
         window: float = 60.0,
         seed: int | None = None,
+        rpd: int | None = None,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         """rpm/tpm: hard caps per window (None: no cap). concurrency: requests in flight at most.
 
         max_attempts bounds attempts per request for transient failures; max_rate_limited
         bounds 429s of one request; a retryDelay above max_server_delay (a daily quota,
         typically) raises QuotaExhausted instead of sleeping for hours. `window` is the
-        quota period in seconds (60: per minute); tests shorten it.
+        quota period in seconds (60: per minute); tests shorten it. rpd: texts per day, counted
+        from the last midnight Pacific time; `now` (aware datetimes) is the clock for that day.
         """
         self.rpm = rpm
         self.tpm = tpm
+        self.rpd = rpd
+        self._now = now or (lambda: datetime.now(timezone.utc))
+        self._day_began = quota_day_start(self._now())
+        self._day_texts = 0
+        self._closed: ReembedError | None = None  # set once a daily quota is used up
         self.concurrency = concurrency
         self.max_attempts = max(1, max_attempts)
         self.base_delay = base_delay
@@ -164,6 +181,8 @@ class RateLimiter:
                     with self._cond:
                         self._permanent += 1
                     raise failure.error from None
+                if failure.kind is FailureKind.DAILY_QUOTA:
+                    raise self._close(failure.error, entry) from None
                 if failure.kind is FailureKind.RATE_LIMITED:
                     limited += 1
                     delay = self._on_rate_limited(failure.retry_after, entry)
@@ -205,6 +224,7 @@ class RateLimiter:
         waited_from: float | None = None
         with self._cond:
             while True:
+                self._check_day(texts)
                 now = time.monotonic()
                 self._expire(now)
                 ready = self._ready_at(texts, tokens, now)
@@ -230,11 +250,51 @@ class RateLimiter:
                 rate_limited=self._rate_limited, transient_errors=self._transient, retries=self._retries,
                 permanent_errors=self._permanent, waits=self._waits, wait_seconds=self._wait_seconds,
                 in_flight=self._in_flight, allowed_in_flight=self._allowed, rpm=self.rpm, tpm=self.tpm,
+                rpd=self.rpd, texts_today=self._day_texts,
             )
 
     def max_texts_per_request(self, model_limit: int) -> int:
-        """Largest batch worth sending: one above the hard text cap could never fit a window."""
-        return max(1, min(model_limit, self.rpm)) if self.rpm else model_limit
+        """Largest batch worth sending: one above the hard text cap could never fit a window, and
+        none above what is left of the day's --rpd (the rest of the day's budget is still used)."""
+        size = max(1, min(model_limit, self.rpm)) if self.rpm else model_limit
+        if self.rpd:
+            with self._cond:
+                self._roll_day()
+                left = self.rpd - self._day_texts
+            size = max(1, min(size, left)) if left > 0 else size
+        return size
+
+    # ----------------------------------------------------------------- the day
+
+    def _roll_day(self) -> None:
+        began = quota_day_start(self._now())
+        if began > self._day_began:  # a new quota day: the count starts again and a closed limiter opens
+            self._day_began, self._day_texts, self._closed = began, 0, None
+
+    def _check_day(self, texts: int) -> None:
+        """Raise when the limiter is closed, or when `texts` more would pass --rpd today (lock held)."""
+        self._roll_day()
+        if self._closed is not None:
+            raise self._closed
+        if not self.rpd:
+            return
+        if self._day_texts + texts > self.rpd:
+            self._closed = DailyQuotaExhausted(
+                f"--rpd {self.rpd} reached: {self._day_texts} texts sent since midnight Pacific time, "
+                f"{texts} more would pass it; {resets_in(self._now())}. Finished rows stay done: run again then.")
+            self._cond.notify_all()
+            raise self._closed
+
+    def _close(self, error: ReembedError, entry: Entry) -> ReembedError:
+        """A provider's per-day 429: every request of this limiter stops now, with the reset time."""
+        with self._cond:
+            self._rate_limited += 1
+            self._day_texts = max(0, self._day_texts - entry[1])  # refused: it used no quota
+            if self._closed is None:
+                self._closed = DailyQuotaExhausted(f"{error} {resets_in(self._now())}. Finished rows stay done: "
+                                                   "run again then, or raise the quota.")
+            self._cond.notify_all()
+            return self._closed
 
     # ----------------------------------------------------------------- internals
 
@@ -269,6 +329,7 @@ class RateLimiter:
 
     def _start(self, now: float, texts: int, tokens: int) -> Entry:
         entry = (now, texts, tokens)
+        self._day_texts += texts
         if self.rpm or self.tpm:
             self._log.append(entry)
             self._win_texts += texts
@@ -307,6 +368,7 @@ class RateLimiter:
             now = time.monotonic()
             self._rate_limited += 1
             self._consecutive_429 += 1
+            self._day_texts = max(0, self._day_texts - entry[1])
             try:  # a refused request used no quota: take it out of the caps' window
                 self._log.remove(entry)
                 self._win_texts -= entry[1]
@@ -340,6 +402,35 @@ class RateLimiter:
             self._blocked_until = max(self._blocked_until, now + delay)
             self._cond.notify_all()
             return max(delay, self._blocked_until - now)
+
+
+try:
+    from zoneinfo import ZoneInfo
+
+    _PACIFIC: Any = ZoneInfo("America/Los_Angeles")
+except Exception:  # noqa: BLE001 - no tz database: Pacific standard time all year (at most an hour off)
+    _PACIFIC = timezone(timedelta(hours=-8), "PST")
+
+
+def quota_day_start(moment: datetime) -> datetime:
+    """When the daily quota's current day began: the last midnight Pacific time (Gemini's reset)."""
+    local = moment.astimezone(_PACIFIC)
+    return local.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def quota_day_end(moment: datetime) -> datetime:
+    """The next midnight Pacific time, as an aware datetime (DST-safe: midnight of the next date)."""
+    local = moment.astimezone(_PACIFIC)
+    next_date = (local.replace(hour=12) + timedelta(days=1)).date()
+    return datetime(next_date.year, next_date.month, next_date.day, tzinfo=_PACIFIC)
+
+
+def resets_in(moment: datetime) -> str:
+    """`the daily quota resets at midnight Pacific time, in 7h 03m (2026-12-02 08:00 UTC)`."""
+    end = quota_day_end(moment)
+    left = max(0, int((end - moment).total_seconds()))
+    at = end.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"the daily quota resets at midnight Pacific time, in {left // 3600}h {left % 3600 // 60:02d}m ({at})"
 
 
 _shared: dict[Hashable, RateLimiter] = {}

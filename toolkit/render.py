@@ -80,8 +80,13 @@ def plan_report(plan: Plan, path: str, preflight: str) -> str:
             f"  rows to embed     {e.rows_to_embed} of {e.rows_total} ({e.rows_empty} empty, skipped)",
             f"  API requests      {e.http_requests} HTTP requests; {e.quota_requests} against a per-text quota",
             f"  tokens            ~{e.tokens}",
-            f"  time at quota     ~{e.minutes_at_quota} min at {e.rpm} texts/min, {e.tpm} tokens/min",
-            f"  cost at list      ~${e.cost_usd:.4f}",
+            (f"  time at quota     ~{e.days_at_quota:g} days at {e.rpd} texts/day (the daily cap binds; "
+             f"{e.minutes_at_quota} min at {e.rpm} texts/min otherwise)" if e.days_at_quota else
+             f"  time at quota     ~{e.minutes_at_quota} min at {e.rpm} texts/min, {e.tpm} tokens/min"
+             + (f", {e.rpd} texts/day" if e.rpd else "")),
+            f"  cost at list      ~${e.cost_usd:.4f} online"
+            + (f"; ~${e.batch_cost_usd:.4f} with --batch-api ({e.batch_jobs} batch jobs, each done within "
+               "24 h, usually much sooner; no per-minute quota)" if e.batch_jobs else ""),
             f"  extra disk        ~{size(e.shadow_column_bytes)} shadow column"
             + (f", ~{size(e.shadow_index_bytes)} index" if e.shadow_index_bytes else ""),
         ]

@@ -21,6 +21,8 @@ from toolkit.phases.status import plan_status
               help="Local worker processes, each with its own connection; quotas are split between them.")
 @click.option("--rpm", type=int, help="Provider quota in texts per minute (default: adapt to 429s).")
 @click.option("--tpm", type=int, help="Provider quota in tokens per minute (default: adapt to 429s).")
+@click.option("--rpd", type=int, help="Provider quota in texts per day, counted from midnight Pacific time (when "
+                                      "Gemini's daily quotas reset): the run stops there, saying when it resets.")
 @click.option("--max-rows-per-second", type=float, help="Throttle writes to the table (all workers together).")
 @click.option("--lease-seconds", type=float, default=DEFAULT_LEASE_SECONDS, show_default=True,
               help="How long a claimed batch stays reserved; a crashed holder's rows are taken over after it.")
@@ -32,7 +34,7 @@ from toolkit.phases.status import plan_status
 @json_option
 @handle_errors
 def run(plan_ref: str, batch_size: int, concurrency: int, workers: int, rpm: int | None, tpm: int | None,
-        max_rows_per_second: float | None, lease_seconds: float, fill_old: bool, no_progress: bool,
+        rpd: int | None, max_rows_per_second: float | None, lease_seconds: float, fill_old: bool, no_progress: bool,
         dsn: str | None, as_json: bool) -> None:
     """Fill the new-model column of PLAN (its name or plan file), preparing it first when needed:
     adds the shadow column, installs change tracking, then embeds every row in leased, checkpointed
@@ -43,7 +45,7 @@ def run(plan_ref: str, batch_size: int, concurrency: int, workers: int, rpm: int
     Safe to interrupt (even kill -9) and run again: it continues where it stopped. Several
     `reembed run` on several machines share the work. Exit 0 when nothing is left pending.
     """
-    options = RunOptions(batch_size=batch_size, concurrency=concurrency, workers=workers, rpm=rpm, tpm=tpm,
+    options = RunOptions(batch_size=batch_size, concurrency=concurrency, workers=workers, rpm=rpm, tpm=tpm, rpd=rpd,
                          max_rows_per_second=max_rows_per_second, lease_seconds=lease_seconds,
                          progress=not no_progress)
     with connected(dsn) as (db, _conn):  # applies reembed's schema when missing; the run opens its own connections

@@ -45,6 +45,8 @@ def _split_columns(_ctx: click.Context, _param: click.Parameter, value: str | No
               help="Plan file. Default: reembed-NAME.toml.")
 @click.option("--rpm", type=int, help="Provider quota in texts per minute, for the estimate (default: free tier, 100).")
 @click.option("--tpm", type=int, help="Provider quota in tokens per minute, for the estimate.")
+@click.option("--rpd", type=int, help="Provider quota in texts per day, for the estimate (default: the free tier's "
+                                      "1000 when no --rpm/--tpm is given, else none).")
 @click.option("--index", "index", metavar="METHOD:DISTANCE",
               help="Index to build when the column has none, e.g. hnsw:cosine (or l2, ip).")
 @click.option("--sql", "show_sql", is_flag=True, help="Also print the exact SQL each phase will run.")
@@ -54,12 +56,12 @@ def _split_columns(_ctx: click.Context, _param: click.Parameter, value: str | No
 @handle_errors
 def plan(table: str, column: str, text_columns: list[str], title_column: str | None, target: str, source: str,
          dimensions: int | None, name: str | None, output: Path | None, rpm: int | None, tpm: int | None,
-         index: str | None, show_sql: bool, offline: bool, dsn: str | None, as_json: bool) -> None:
+         rpd: int | None, index: str | None, show_sql: bool, offline: bool, dsn: str | None, as_json: bool) -> None:
     """Plan re-embedding TABLE's vector COLUMN with a new model. Validates everything against the
     live table, writes a reviewable TOML plan file and registers the plan. Changes nothing in TABLE."""
     request = PlanRequest(table=table, column=column, text_columns=text_columns, title_column=title_column,
                           target=target, source=source, dimensions=dimensions, name=name, output=output,
-                          rpm=rpm, tpm=tpm, offline=offline, index=index)
+                          rpm=rpm, tpm=tpm, rpd=rpd, offline=offline, index=index)
     with connected(dsn) as (db, conn):
         result = make_plan(db, conn, request)
         statements = planned_sql(conn, result.plan, result.plan_id) if show_sql else {}

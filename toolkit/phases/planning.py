@@ -37,6 +37,7 @@ class PlanRequest:
     output: Path | None = None
     rpm: int | None = None
     tpm: int | None = None
+    rpd: int | None = None
     offline: bool = False
     index: str | None = None
 
@@ -56,7 +57,7 @@ def make_plan(db: Database, conn: psycopg.Connection, request: PlanRequest) -> P
     path = request.output or Path(f"reembed-{plan.name}.toml")
     if path.exists() and not path.is_file():
         raise BadInput(f"--output {path} is not a file")
-    plan.estimate = estimate(conn, plan, info, rpm=request.rpm, tpm=request.tpm)
+    plan.estimate = estimate(conn, plan, info, rpm=request.rpm, tpm=request.tpm, rpd=request.rpd)
     preflight = "skipped (--offline)" if request.offline else preflight_target(plan)
     with conn.transaction():  # a plan file that cannot be written leaves no registered plan behind
         record = register_plan(conn, plan.to_spec(), plan.table_fingerprint)

@@ -18,8 +18,10 @@ def limiter_for(ref: ModelRef, settings: ProviderSettings) -> RateLimiter:
     model in one process must share one limiter, whichever thread built it.
     """
     endpoint = settings.gemini_base_url if ref.provider == "gemini" else settings.ollama_base_url
-    key = (ref.provider, endpoint, ref.model, settings.rpm, settings.tpm, settings.concurrency, settings.max_attempts)
-    return shared_limiter(key, lambda: RateLimiter(settings.rpm, settings.tpm, concurrency=settings.concurrency,
+    key = (ref.provider, endpoint, ref.model, settings.rpm, settings.tpm, settings.rpd, settings.concurrency,
+           settings.max_attempts)
+    return shared_limiter(key, lambda: RateLimiter(settings.rpm, settings.tpm, rpd=settings.rpd,
+                                                   concurrency=settings.concurrency,
                                                    max_attempts=settings.max_attempts))
 
 

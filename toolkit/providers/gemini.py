@@ -71,8 +71,8 @@ class GeminiEmbedder:
         self.title_mode = title_mode
         self.endpoint = settings.gemini_base_url or DEFAULT_ENDPOINT
         self._timeout = settings.timeout
-        self._limiter = limiter or RateLimiter(settings.rpm, settings.tpm, concurrency=settings.concurrency,
-                                               max_attempts=settings.max_attempts)
+        self._limiter = limiter or RateLimiter(settings.rpm, settings.tpm, rpd=settings.rpd,
+                                               concurrency=settings.concurrency, max_attempts=settings.max_attempts)
         self._reached = False  # a connection refused before any answer is a setup error, not a blip
         self._client = _client(settings.gemini_api_key, settings.gemini_base_url, int(settings.timeout * 1000))
 
@@ -170,6 +170,11 @@ class GeminiEmbedder:
             message = scrub(str(exc.message or "")).strip()
             where = f"Gemini ({model}) answered {code} {status}".rstrip()
             if code == 429:
+                daily = per_day_quota(exc)
+                if daily:
+                    # Its RetryInfo still says seconds: only the quota id tells that waiting is pointless.
+                    return Failure(FailureKind.DAILY_QUOTA, ProviderError(
+                        f"Gemini's daily quota for {model} is used up ({daily}):"))
                 return Failure(FailureKind.RATE_LIMITED, ProviderError(f"{where}: {message}"), retry_delay(exc))
             if code == 408 or code >= 500:
                 return Failure(FailureKind.TRANSIENT, ProviderUnreachable(f"{where}: {message}"))
@@ -225,12 +230,34 @@ def _client(key: Secret, base_url: str | None, timeout_ms: int) -> genai.Client:
         return client
 
 
-def retry_delay(exc: genai_errors.APIError) -> float | None:
-    """Seconds from google.rpc.RetryInfo.retryDelay in the error details, else Retry-After."""
+def _error_details(exc: genai_errors.APIError) -> list[Any]:
     details: Any = exc.details
+    if isinstance(details, list) and len(details) == 1 and isinstance(details[0], dict) and "error" in details[0]:
+        details = details[0]  # some transports wrap the error object in a list
     if isinstance(details, dict):
         details = details.get("error", details).get("details", [])
-    for item in details if isinstance(details, list) else []:
+    return details if isinstance(details, list) else []
+
+
+def per_day_quota(exc: genai_errors.APIError) -> str | None:
+    """The quota id (with its limit) of a 429 whose google.rpc.QuotaFailure names a per-day quota
+    (`...RequestsPerDayPerProjectPerModel-FreeTier`), else None."""
+    for item in _error_details(exc):
+        if not (isinstance(item, dict) and str(item.get("@type", "")).endswith("google.rpc.QuotaFailure")):
+            continue
+        for violation in item.get("violations") or []:
+            if not isinstance(violation, dict):
+                continue
+            quota_id = str(violation.get("quotaId") or "")
+            if "perday" in quota_id.lower():
+                limit = violation.get("quotaValue")
+                return f"{quota_id}, limit {limit}" if limit else quota_id
+    return None
+
+
+def retry_delay(exc: genai_errors.APIError) -> float | None:
+    """Seconds from google.rpc.RetryInfo.retryDelay in the error details, else Retry-After."""
+    for item in _error_details(exc):
         if isinstance(item, dict) and str(item.get("@type", "")).endswith("google.rpc.RetryInfo"):
             seconds = parse_duration(item.get("retryDelay"))
             if seconds is not None:

@@ -12,6 +12,12 @@ from toolkit.providers.base import ModelRef, ProviderLimits
 
 PROVIDERS = ("gemini", "ollama")
 
+# Gemini's Batch API (`run --batch-api`): half the list price; one job carries up to
+# BATCH_JOB_ROWS rows by default, inlined up to the API's request size limit, else as a file.
+BATCH_DISCOUNT = 0.5
+BATCH_JOB_ROWS = 2_000
+BATCH_INLINE_LIMIT_BYTES = 20 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class ModelInfo:

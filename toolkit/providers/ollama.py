@@ -47,8 +47,8 @@ class OllamaEmbedder:
         self.query_prefix = info.query_prefix if settings.query_prefix is None else settings.query_prefix
         self._send_dimensions = dimensions if native and dimensions < native else None
         self._timeout = settings.timeout
-        self._limiter = limiter or RateLimiter(settings.rpm, settings.tpm, concurrency=settings.concurrency,
-                                               max_attempts=settings.max_attempts)
+        self._limiter = limiter or RateLimiter(settings.rpm, settings.tpm, rpd=settings.rpd,
+                                               concurrency=settings.concurrency, max_attempts=settings.max_attempts)
         self._reached = False
         self._client = ollama.Client(host=self.host, timeout=settings.timeout)
 

@@ -59,6 +59,7 @@ class ProviderSettings:
     timeout: float = DEFAULT_TIMEOUT_S  # seconds, per HTTP request
     rpm: int | None = None  # hard cap, texts per minute; None = adaptive (AIMD on 429s)
     tpm: int | None = None  # hard cap, estimated tokens per minute; None = adaptive
+    rpd: int | None = None  # hard cap, texts per day (Gemini's daily quotas reset at midnight Pacific time)
     concurrency: int = DEFAULT_CONCURRENCY  # max requests in flight per limiter
     max_attempts: int = DEFAULT_MAX_ATTEMPTS  # per request, for 5xx / resets / timeouts
     doc_prefix: str | None = None  # None = the model's default (models.py); "" = none
@@ -69,7 +70,7 @@ class ProviderSettings:
             object.__setattr__(self, "gemini_api_key", Secret(self.gemini_api_key) if self.gemini_api_key else None)
         if self.timeout <= 0:
             raise BadInput(f"provider timeout must be positive, got {self.timeout}")
-        for name in ("rpm", "tpm"):
+        for name in ("rpm", "tpm", "rpd"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise BadInput(f"--{name} must be a positive number, got {value}")
@@ -87,7 +88,7 @@ class ProviderSettings:
         An override of None means "not given" (so CLI flags can be passed through as they
         are). Environment: GOOGLE_API_KEY, else GEMINI_API_KEY; REEMBED_GEMINI_BASE_URL,
         else GOOGLE_GEMINI_BASE_URL; OLLAMA_HOST; REEMBED_TIMEOUT, REEMBED_RPM, REEMBED_TPM,
-        REEMBED_CONCURRENCY.
+        REEMBED_RPD, REEMBED_CONCURRENCY.
         """
         env = os.environ if env is None else env
         known = {f.name for f in fields(cls)}
@@ -106,7 +107,8 @@ class ProviderSettings:
         if env.get("OLLAMA_HOST"):
             values["ollama_host"] = env["OLLAMA_HOST"]
         for name, var, kind in (("timeout", "REEMBED_TIMEOUT", float), ("rpm", "REEMBED_RPM", int),
-                                ("tpm", "REEMBED_TPM", int), ("concurrency", "REEMBED_CONCURRENCY", int)):
+                                ("tpm", "REEMBED_TPM", int), ("rpd", "REEMBED_RPD", int),
+                                ("concurrency", "REEMBED_CONCURRENCY", int)):
             raw = env.get(var)
             if raw:
                 try:

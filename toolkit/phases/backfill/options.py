@@ -22,6 +22,7 @@ class RunOptions:
     workers: int = 1
     rpm: int | None = None
     tpm: int | None = None
+    rpd: int | None = None
     max_rows_per_second: float | None = None
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     poll_seconds: float = 1.0
@@ -47,7 +48,7 @@ class RunOptions:
             return None if v is None else max(kind(1), kind(v / n))
 
         return RunOptions(batch_size=self.batch_size, concurrency=self.concurrency, workers=1,
-                          rpm=share(self.rpm, int), tpm=share(self.tpm, int),
+                          rpm=share(self.rpm, int), tpm=share(self.tpm, int), rpd=share(self.rpd, int),
                           max_rows_per_second=share(self.max_rows_per_second, float),
                           lease_seconds=self.lease_seconds, poll_seconds=self.poll_seconds, progress=False)
 

@@ -49,7 +49,8 @@ def make_target_embedder(plan: Plan, options: RunOptions) -> Embedder:
     from toolkit.providers import make_embedder
     from toolkit.providers.settings import ProviderSettings
 
-    settings = ProviderSettings.from_env(rpm=options.rpm, tpm=options.tpm, concurrency=options.concurrency)
+    settings = ProviderSettings.from_env(rpm=options.rpm, tpm=options.tpm, rpd=options.rpd,
+                                         concurrency=options.concurrency)
     return make_embedder(plan.target_ref, plan.dimensions, settings)
 
 
