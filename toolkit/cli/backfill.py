@@ -8,7 +8,9 @@ from toolkit import render
 from toolkit.cli.common import cli, connected, dsn_option, echo_json, handle_errors, json_option
 from toolkit.phases.backfill import DEFAULT_BATCH_SIZE, DEFAULT_LEASE_SECONDS, RunOptions, RunSummary, rollback_fill
 from toolkit.phases.backfill import run as run_backfill
+from toolkit.errors import BadInput
 from toolkit.phases.status import plan_status
+from toolkit.providers.models import BATCH_JOB_ROWS
 
 
 @cli.command()
@@ -29,12 +31,23 @@ from toolkit.phases.status import plan_status
 @click.option("--rollback-fill", "fill_old", is_flag=True,
               help="Instead: give rows that have no vector of the SOURCE model one (into the old-model column), "
                    "so a rollback leaves no row without a vector.")
+@click.option("--batch-api", is_flag=True,
+              help="Embed through Gemini's Batch API instead: half the list price, no per-minute quota, each job "
+                   "done within 24 h (usually much sooner). Jobs are recorded before they are sent, so a resumed "
+                   "run never submits or pays for one twice.")
+@click.option("--batch-job-rows", type=int, default=BATCH_JOB_ROWS, show_default=True,
+              help="Rows per batch job (--batch-api).")
+@click.option("--batch-poll-seconds", type=float, default=30.0, show_default=True,
+              help="Seconds between polls of the open batch jobs (--batch-api).")
+@click.option("--batch-inline-limit-bytes", type=int, hidden=True,
+              help="Above this request size a job's requests go as an uploaded file (default: the API's limit).")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
 @dsn_option
 @json_option
 @handle_errors
 def run(plan_ref: str, batch_size: int, concurrency: int, workers: int, rpm: int | None, tpm: int | None,
-        rpd: int | None, max_rows_per_second: float | None, lease_seconds: float, fill_old: bool, no_progress: bool,
+        rpd: int | None, max_rows_per_second: float | None, lease_seconds: float, fill_old: bool, batch_api: bool,
+        batch_job_rows: int, batch_poll_seconds: float, batch_inline_limit_bytes: int | None, no_progress: bool,
         dsn: str | None, as_json: bool) -> None:
     """Fill the new-model column of PLAN (its name or plan file), preparing it first when needed:
     adds the shadow column, installs change tracking, then embeds every row in leased, checkpointed
@@ -48,8 +61,17 @@ def run(plan_ref: str, batch_size: int, concurrency: int, workers: int, rpm: int
     options = RunOptions(batch_size=batch_size, concurrency=concurrency, workers=workers, rpm=rpm, tpm=tpm, rpd=rpd,
                          max_rows_per_second=max_rows_per_second, lease_seconds=lease_seconds,
                          progress=not no_progress)
+    if batch_api and fill_old:
+        raise BadInput("--batch-api and --rollback-fill do not go together")
     with connected(dsn) as (db, _conn):  # applies reembed's schema when missing; the run opens its own connections
-        summary = rollback_fill(db, plan_ref, options) if fill_old else run_backfill(db, plan_ref, options)
+        if batch_api:
+            from toolkit.phases.batch_api import BatchOptions, run_batch
+
+            summary = run_batch(db, plan_ref, options, BatchOptions(job_rows=batch_job_rows,
+                                                                    poll_seconds=batch_poll_seconds,
+                                                                    inline_limit_bytes=batch_inline_limit_bytes))
+        else:
+            summary = rollback_fill(db, plan_ref, options) if fill_old else run_backfill(db, plan_ref, options)
     if as_json:
         echo_json(summary.to_json())
     else:
@@ -95,6 +117,12 @@ def status(plan_ref: str | None, dsn: str | None, as_json: bool) -> None:
              r["rows_skipped"], r["leases_held"], (r.get("last_event") or {}).get("message", "")] for r in reports]
     click.echo(render.table(rows, ["plan", "phase", "shadow column", "rows", "embedded", "pending", "skipped",
                                    "leased", "last event"]))
+    jobs = [[r["name"], j["job_name"] or j["display_name"], j["state"], j["provider_state"] or "", j["rows"],
+             j["rows_written"], j["rows_failed"], j["rows_changed"]] for r in reports for j in r["batch_jobs"]]
+    if jobs:
+        click.echo("\nbatch jobs (--batch-api):")
+        click.echo(render.table(jobs, ["plan", "job", "state", "provider state", "rows", "written", "failed",
+                                       "changed meanwhile"]))
 
 
 @cli.command()

@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from toolkit.phases import ledger
+from toolkit.phases import batch_jobs, ledger
 from toolkit.state import FINAL_PHASES, PlanRecord, events, get_plan, list_plans
 
 
@@ -33,6 +33,7 @@ def report(conn: psycopg.Connection, record: PlanRecord) -> dict[str, Any]:
         "shadow_column": record.shadow_column,
         "target_model": record.target_model,
         **counts.to_json(),
+        "batch_jobs": [job.to_json() for job in batch_jobs.jobs(conn, record.id)],
         "last_event": last[-1] if last else None,
         "updated_at": record.updated_at.isoformat(),
     }
