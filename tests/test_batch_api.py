@@ -165,6 +165,8 @@ def test_a_job_created_before_its_name_was_recorded_is_found_not_created_again(c
     finally:
         if proc.poll() is None:
             proc.kill()
+    online = run_cli("run", name, "--no-progress")  # its rows are the open job's: the online run says so
+    assert online.exit_code == 1 and "100 rows of plan 'p1' are in 1 open batch jobs" in online.output
     # As if the crash came between the provider's answer and recording it.
     conn.execute("UPDATE reembed.batch_jobs SET state = 'submitting', job_name = NULL")
     gemini.configure(batch_pending_seconds=0.0)

@@ -30,9 +30,10 @@ from toolkit.phases.backfill import MAX_SWEEPS, Counters, RunOptions, RunSummary
 from toolkit.phases.batch_jobs import JobRecord
 from toolkit.phases.prepare import prepare
 from toolkit.phases.writer import EMPTY_TEXT, BatchWriter, SourceRow, check_vectors, read_rows
-from toolkit.plan import Plan, layout, load
+from toolkit.plan import Plan, load
 from toolkit.providers.models import BATCH_JOB_ROWS
 from toolkit.state import PlanRecord, log_event, set_phase
+from toolkit.strategies import places
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ def run_batch(db: Database, plan_ref: str, options: RunOptions, batch: BatchOpti
         client = make_client(plan, options, batch)
         if record.phase == "planned":
             prepare(conn, plan, record)
+        released = ledger.release_dead_local(conn, record.id)
+        if released:
+            log_event(conn, record.id, "lease", f"took back {released} leases of dead local processes")
         if record.phase in ("prepared", "backfilled"):
             set_phase(conn, record.id, "backfilling", "backfill started (batch API)")
             record.phase = "backfilling"
@@ -100,7 +104,7 @@ def run_batch(db: Database, plan_ref: str, options: RunOptions, batch: BatchOpti
         seconds = time.monotonic() - started
         counters = collector.counters
         counters.loop_seconds = seconds
-        summary = RunSummary(name=plan.name, phase=record.phase, column=layout(plan, record.phase).new,
+        summary = RunSummary(name=plan.name, phase=record.phase, column=places(plan, record.phase).new.column,
                              seconds=seconds, counters=counters, progress=after, workers=1,
                              rows_per_second=counters.rows_written / seconds if seconds > 0 else 0.0)
         log_event(conn, record.id, "run", f"batch run finished: {counters.rows_written} rows written in "
@@ -121,7 +125,6 @@ class _Collector:
         self.counters = Counters()
         self.submitted = 0
         self.failed_in_a_row = 0
-        self.target = layout(plan, record.phase).new
         self.bar = _bar(options.progress)
 
     def run(self) -> None:
@@ -272,7 +275,8 @@ class _Collector:
     # -- helpers ----------------------------------------------------------------------------------------
 
     def _writer(self, job: JobRecord) -> BatchWriter:
-        return BatchWriter(self.conn, self.plan, self.record.id, job.owner, self.target)
+        # The strategy's write target and guard, as for the online path (toolkit.strategies).
+        return BatchWriter(self.conn, self.plan, self.record.id, job.owner, self.record.phase)
 
     def _count(self, step: Counters) -> None:
         self.counters.add(step)

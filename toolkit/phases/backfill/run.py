@@ -17,7 +17,7 @@ import psycopg
 
 from toolkit.db import Database
 from toolkit.errors import GateFailed
-from toolkit.phases import ledger
+from toolkit.phases import batch_jobs, ledger
 from toolkit.phases.backfill.options import Counters, RunOptions, RunSummary, progress_bar
 from toolkit.phases.backfill.processes import run_workers
 from toolkit.phases.backfill.worker import Worker, make_target_embedder
@@ -38,6 +38,15 @@ def check(record: PlanRecord) -> None:
                          "plan the migration again to re-embed")
 
 
+def refuse_open_batch_jobs(conn: psycopg.Connection, record: PlanRecord) -> None:
+    """Rows in open Batch API jobs are leased to them for days: an online run would wait for them."""
+    counts = batch_jobs.summary(conn, record.id)
+    if counts["rows_in_open_jobs"]:
+        open_jobs = counts["pending"] + counts["running"]
+        raise GateFailed(f"{counts['rows_in_open_jobs']} rows of plan {record.name!r} are in {open_jobs} open batch "
+                         f"jobs: collect them first with `reembed run {record.name} --batch-api`")
+
+
 def run(db: Database, plan_ref: str, options: RunOptions) -> RunSummary:
     """Prepare when needed, then fill until no row is pending. Safe to run again at any time."""
     options.validate()
@@ -45,6 +54,7 @@ def run(db: Database, plan_ref: str, options: RunOptions) -> RunSummary:
     try:
         plan, record = load(conn, plan_ref)
         check(record)
+        refuse_open_batch_jobs(conn, record)
         if record.phase == "planned":
             prepare(conn, plan, record)
         released = ledger.release_dead_local(conn, record.id)
