@@ -127,7 +127,7 @@ class RateLimiter:
         self._now = now or (lambda: datetime.now(timezone.utc))
         self._day_began = quota_day_start(self._now())
         self._day_texts = 0
-        self._closed: ReembedError | None = None  # set once a daily quota is used up
+        self._closed: str | None = None  # why, once a daily quota is used up
         self.concurrency = concurrency
         self.max_attempts = max(1, max_attempts)
         self.base_delay = base_delay
@@ -274,16 +274,14 @@ class RateLimiter:
     def _check_day(self, texts: int) -> None:
         """Raise when the limiter is closed, or when `texts` more would pass --rpd today (lock held)."""
         self._roll_day()
-        if self._closed is not None:
-            raise self._closed
-        if not self.rpd:
-            return
-        if self._day_texts + texts > self.rpd:
-            self._closed = DailyQuotaExhausted(
-                f"--rpd {self.rpd} reached: {self._day_texts} texts sent since midnight Pacific time, "
-                f"{texts} more would pass it; {resets_in(self._now())}. Finished rows stay done: run again then.")
+        if self._closed is None and self.rpd and self._day_texts + texts > self.rpd:
+            # Counted by this process: texts sent earlier today by other runs are the provider's to count.
+            self._closed = (f"--rpd {self.rpd} reached: this run sent {self._day_texts} texts since midnight "
+                            f"Pacific time and {texts} more would pass it; {resets_in(self._now())}. Finished "
+                            "rows stay done: run again then.")
             self._cond.notify_all()
-            raise self._closed
+        if self._closed is not None:
+            raise DailyQuotaExhausted(self._closed)  # a new one per raise: threads raise it at once
 
     def _close(self, error: ReembedError, entry: Entry) -> ReembedError:
         """A provider's per-day 429: every request of this limiter stops now, with the reset time."""
@@ -291,10 +289,10 @@ class RateLimiter:
             self._rate_limited += 1
             self._day_texts = max(0, self._day_texts - entry[1])  # refused: it used no quota
             if self._closed is None:
-                self._closed = DailyQuotaExhausted(f"{error} {resets_in(self._now())}. Finished rows stay done: "
-                                                   "run again then, or raise the quota.")
+                self._closed = (f"{error} {resets_in(self._now())}. Finished rows stay done: run again then, or "
+                                "raise the quota.")
             self._cond.notify_all()
-            return self._closed
+            return DailyQuotaExhausted(self._closed)
 
     # ----------------------------------------------------------------- internals
 
