@@ -63,13 +63,20 @@ def _fault_options(func: Any) -> Any:
 
 @emulator.command("gemini")
 @_fault_options
+@click.option("--quota-texts-per-day", type=int,
+              help="Texts accepted in all; beyond it a 429 naming a per-day quota (reembed run stops on it).")
+@click.option("--batch-seconds", type=float, default=5.0, show_default=True,
+              help="How long a batch job stays pending, then as long running, before it succeeds.")
 @handle_errors
-def emulator_gemini(port: int, latency: float, quota_texts_per_minute: int | None, error_rate: float) -> None:
-    """Serve the Gemini API emulator (embedContent, batchEmbedContents) until Ctrl-C. Any key is accepted."""
+def emulator_gemini(port: int, latency: float, quota_texts_per_minute: int | None, error_rate: float,
+                    quota_texts_per_day: int | None, batch_seconds: float) -> None:
+    """Serve the Gemini API emulator (embedContent, batchEmbedContents, batch jobs and files for
+    `run --batch-api`) until Ctrl-C. Any key is accepted."""
     from toolkit.emulators import start_gemini
 
     server = _start(start_gemini, port, latency=latency, quota_texts_per_minute=quota_texts_per_minute,
-                    error_rate=error_rate)
+                    error_rate=error_rate, quota_texts_per_day=quota_texts_per_day,
+                    batch_pending_seconds=batch_seconds, batch_running_seconds=batch_seconds)
     _serve(server, [f"export REEMBED_GEMINI_BASE_URL={server.base_url}",
                     "export GOOGLE_API_KEY=emulator   # any non-empty value; the emulator accepts every key"])
 
