@@ -182,6 +182,8 @@ def test_the_batch_api_is_refused_for_a_model_that_is_not_gemini(conn, run_cli, 
     assert result.exit_code == 0, result.output
     refused = run_cli("run", "o", "--batch-api", *FAST)
     assert refused.exit_code == 2 and "not a Gemini model" in refused.output
+    workers = run_cli("run", "o", "--batch-api", "--workers", "2", *FAST)
+    assert workers.exit_code == 2 and "--workers does not apply to --batch-api" in workers.output
     assert conn.execute("SELECT count(*) FROM reembed.batch_jobs").fetchone()[0] == 0
 
 

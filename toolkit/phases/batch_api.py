@@ -26,7 +26,8 @@ import psycopg
 from toolkit.db import Database
 from toolkit.errors import BadInput, GateFailed, MalformedResponse
 from toolkit.phases import batch_jobs, ledger
-from toolkit.phases.backfill import MAX_SWEEPS, Counters, RunOptions, RunSummary, check, tune_session
+from toolkit.phases.backfill import MAX_SWEEPS, Counters, RunOptions, RunSummary, Throttle, check, tune_session
+from toolkit.phases.backfill.worker import write_with_retry
 from toolkit.phases.batch_jobs import JobRecord
 from toolkit.phases.prepare import prepare
 from toolkit.phases.writer import EMPTY_TEXT, BatchWriter, SourceRow, check_vectors, read_rows
@@ -69,6 +70,8 @@ def run_batch(db: Database, plan_ref: str, options: RunOptions, batch: BatchOpti
     """Prepare when needed, then embed every pending row through batch jobs. Safe to run again."""
     options.validate()
     batch.validate()
+    if options.workers != 1:
+        raise BadInput("--workers does not apply to --batch-api: the provider does the work, one run collects it")
     conn = db.connect()
     try:
         plan, record = load(conn, plan_ref)
@@ -125,6 +128,7 @@ class _Collector:
         self.counters = Counters()
         self.submitted = 0
         self.failed_in_a_row = 0
+        self.throttle = Throttle(options.max_rows_per_second)
         self.bar = _bar(options.progress)
 
     def run(self) -> None:
@@ -189,7 +193,7 @@ class _Collector:
             self.counters.rows_gone += writer.forget_missing(gone)
         empty = [r for r in rows if r.empty]
         if empty:  # skipped and listed, never sent (the API refuses empty text)
-            outcome = writer.write(empty, {}, {i: EMPTY_TEXT for i in range(len(empty))})
+            outcome = write_with_retry(lambda: writer.write(empty, {}, {i: EMPTY_TEXT for i in range(len(empty))}))
             self._count(Counters(rows_skipped=outcome.skipped, rows_rejected=outcome.rejected))
         send = [r for r in rows if not r.empty]
         if not send:
@@ -258,8 +262,9 @@ class _Collector:
                 order = sorted(vectors)
                 checked = check_vectors(np.stack([vectors[i] for i in order]), len(order), self.plan.dimensions)
                 vectors = dict(zip(order, checked))
+            self.throttle.wait(len(vectors))
             began = time.monotonic()
-            outcome = writer.write(rows, vectors, {})
+            outcome = write_with_retry(lambda: writer.write(rows, vectors, {}))
             step.add(Counters(rows_written=outcome.written, rows_rejected=outcome.rejected,
                               rows_reembedded=outcome.reembedded, batches=1, write_seconds=time.monotonic() - began))
         failed = len(results.errors)

@@ -194,7 +194,7 @@ class Worker:
             self.counters.truncated += result.truncated
         self.throttle.wait(len(vectors))
         began = time.monotonic()
-        outcome = _with_retry(lambda: writer.write(batch.rows, vectors, skipped))
+        outcome = write_with_retry(lambda: writer.write(batch.rows, vectors, skipped))
         step = Counters(rows_written=outcome.written, rows_skipped=outcome.skipped, rows_rejected=outcome.rejected,
                         rows_reembedded=outcome.reembedded, batches=1, write_seconds=time.monotonic() - began)
         self.counters.add(step)
@@ -217,7 +217,7 @@ def tune_session(conn: psycopg.Connection) -> None:
     conn.execute("SET enable_mergejoin = off")
 
 
-def _with_retry(write: Callable[[], Outcome], attempts: int = 5) -> Outcome:
+def write_with_retry(write: Callable[[], Outcome], attempts: int = 5) -> Outcome:
     """A deadlock or serialization failure (two writers on one row after a lease takeover) is
     rolled back whole by PostgreSQL; trying again is safe."""
     for attempt in range(1, attempts + 1):
