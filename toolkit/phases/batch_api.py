@@ -216,6 +216,7 @@ class _Collector:
             self.failed_in_a_row += 1
             batch_jobs.mark_collected(self.conn, job, status.state, written=0, failed=len(recorded), changed=0,
                                       error=status.error)
+            self.client.delete_input(job.input_file)
             log_event(self.conn, self.record.id, "batch", f"{job.job_name} ended {status.state}: its "
                       f"{len(recorded)} rows are pending again", {"job": job.id, "error": status.error})
             log.warning("batch job %s ended %s; its %d rows go to the next job", job.job_name, status.state,
