@@ -28,10 +28,16 @@ class Column:
     dimensions: int | None = None  # vector-like columns only; None when unsized
     storage: str = ""  # attstorage: p, e, m, x
     stats_target: int | None = None
+    underlying_type: str = ""  # typname with domains resolved to the type they are over, e.g. "text"
 
     @property
     def is_vector(self) -> bool:
         return self.base_type in VECTOR_TYPES
+
+    @property
+    def is_text(self) -> bool:
+        """text, varchar(n), char(n), citext, or a domain over one of them."""
+        return (self.underlying_type or self.base_type) in TEXT_TYPES
 
 
 @dataclass
@@ -88,7 +94,7 @@ class TableInfo:
 
     @property
     def text_columns(self) -> list[Column]:
-        return [c for c in self.columns if c.base_type in TEXT_TYPES]
+        return [c for c in self.columns if c.is_text]
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
@@ -99,12 +105,13 @@ class TableInfo:
     def dependents_on(self, column: str) -> list[Dependent]:
         return [d for d in self.dependents if d.column == column]
 
-    def fingerprint(self, columns: list[str]) -> str:
-        """A hash of what a plan relies on: the named columns' types and the primary key."""
-        shape = {
-            "pk": [(c.name, c.type) for c in self.primary_key],
-            "columns": {n: (c.type if (c := self.column(n)) else None) for n in sorted(columns)},
-        }
+    def fingerprint(self, columns: list[str], as_planned: dict[str, str] | None = None) -> str:
+        """A hash of what a plan relies on: the named columns' types and the primary key.
+        `as_planned` maps a column to the type to hash in place of its current one (a type that
+        reembed itself gave it)."""
+        types = {n: (c.type if (c := self.column(n)) else None) for n in sorted(columns)}
+        types.update({n: t for n, t in (as_planned or {}).items() if n in types})
+        shape = {"pk": [(c.name, c.type) for c in self.primary_key], "columns": types}
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
     def shape(self, columns: list[str]) -> dict[str, Any]:
@@ -204,11 +211,17 @@ def _columns_and_key(conn: psycopg.Connection, oid: int) -> tuple[list[Column], 
         Column(
             name=r["attname"], attnum=r["attnum"], type=r["type"], base_type=r["typname"], not_null=r["attnotnull"],
             dimensions=(r["atttypmod"] if r["typname"] in VECTOR_TYPES and r["atttypmod"] > 0 else None),
-            storage=r["attstorage"], stats_target=r["attstattarget"],
+            storage=r["attstorage"], stats_target=r["attstattarget"], underlying_type=r["underlying"],
         )
         for r in cur.execute(
             """SELECT a.attname, a.attnum, format_type(a.atttypid, a.atttypmod) AS type, t.typname, a.atttypmod,
-                      a.attnotnull, a.attstorage, a.attstattarget
+                      a.attnotnull, a.attstorage, a.attstattarget,
+                      (WITH RECURSIVE chain AS (
+                           SELECT t.typname, t.typtype, t.typbasetype
+                           UNION ALL
+                           SELECT b.typname, b.typtype, b.typbasetype
+                           FROM pg_type b JOIN chain ON b.oid = chain.typbasetype WHERE chain.typtype = 'd')
+                       SELECT typname FROM chain WHERE typtype <> 'd') AS underlying
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
                WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""", (oid,))
     ]

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg.conninfo
 
+from toolkit.errors import BadInput
+
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 
@@ -44,13 +46,14 @@ _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORE
 def redact_dsn(dsn: str) -> str:
     """A DSN fit for printing: the password replaced by ***, in URL or key=value form."""
     if "://" in dsn:
-        parts = urlsplit(dsn)
-        if parts.password is not None:
-            user = parts.username or ""
-            host = parts.hostname or ""
-            if parts.port:
-                host = f"{host}:{parts.port}"
-            parts = parts._replace(netloc=f"{user}:***@{host}")
+        try:
+            parts = urlsplit(dsn)
+        except ValueError:  # not even a URL: mask whatever sits between :// and @
+            return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", dsn)
+        userinfo, at, hostport = parts.netloc.rpartition("@")
+        if at and ":" in userinfo:
+            # From the netloc text, not parts.port: that raises on a port out of range.
+            parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}")
         query = _KV_PASSWORD.sub(r"\1***", parts.query.replace("&", " ")).replace(" ", "&") if parts.query else ""
         return urlunsplit(parts._replace(query=query))
     return _KV_PASSWORD.sub(r"\1***", dsn)
@@ -65,11 +68,24 @@ def dsn_password(dsn: str) -> str | None:
 
 
 def resolve_dsn(flag_value: str | None) -> str | None:
-    """--dsn wins over DATABASE_URL; None means: use the embedded PostgreSQL."""
+    """--dsn wins over DATABASE_URL; None means: use the embedded PostgreSQL. A DSN that cannot
+    name a server (malformed, a port that is no TCP port) is bad input, refused before connecting."""
     dsn = flag_value or os.environ.get("DATABASE_URL") or None
     if dsn:
         register_secret(dsn_password(dsn))
+        check_dsn(dsn)
     return dsn
+
+
+def check_dsn(dsn: str) -> None:
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        first = (str(exc).strip().splitlines() or ["unreadable"])[0]
+        raise BadInput(f"the DSN {redact_dsn(dsn)} is malformed: {first}") from None
+    for port in str(params.get("port") or "").split(","):
+        if port.strip() and not (port.strip().isdigit() and 1 <= int(port) <= 65535):
+            raise BadInput(f"the DSN {redact_dsn(dsn)} names port {port.strip()}: a port is a number from 1 to 65535")
 
 
 class SecretScrubbingFilter(logging.Filter):

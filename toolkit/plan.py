@@ -100,6 +100,20 @@ class Plan:
         return ModelRef.parse(self.target)
 
     @property
+    def vector_base(self) -> str:
+        """`vector` or `halfvec`: the element type of the original column."""
+        return "halfvec" if self.column_type.startswith("halfvec") else "vector"
+
+    @property
+    def new_column_type(self) -> str:
+        """The declared type of the column the new vectors go to: the original's, at the planned
+        dimensions; an unsized column (langchain's `vector`) stays unsized, so the swap hands the
+        application back the type it declared."""
+        if "(" not in self.column_type:
+            return self.column_type
+        return f"{self.vector_base}({self.dimensions})"
+
+    @property
     def tracked_columns(self) -> list[str]:
         """Columns whose change makes a row's vector stale."""
         return self.text_columns + ([self.title_column] if self.title_column else [])
@@ -204,37 +218,50 @@ def load(conn: psycopg.Connection, plan_ref: str) -> tuple[Plan, PlanRecord]:
         differences = _differences(plan.to_spec(), file_plan.to_spec())
         if differences:
             raise BadInput(f"plan file {path} differs from the registered plan {plan.name!r}: {'; '.join(differences)}")
-    check_table_unchanged(conn, plan)
+    check_table_unchanged(conn, plan, record.phase)
     return plan, record
 
 
-def check_table_unchanged(conn: psycopg.Connection, plan: Plan) -> None:
-    """Refuse when the table's key or planned columns no longer look as they did at planning."""
+def expected_column_type(plan: Plan, phase: str) -> str:
+    """The type the column named `plan.column` has in `phase` when nobody but reembed touched it:
+    after cutover it is the column reembed created, of the plan's new type."""
+    from toolkit.strategies.base import SWAPPED_PHASES
+
+    return plan.new_column_type if phase in SWAPPED_PHASES else plan.column_type
+
+
+def check_table_unchanged(conn: psycopg.Connection, plan: Plan, phase: str = "planned") -> None:
+    """Refuse when the table's key or planned columns no longer look as they did at planning.
+    What reembed itself did (the swap) is never reported as a change of the user's table."""
     try:
         info = catalog.load_shape(conn, *_oid_of(conn, plan))
     except BadInput:
         raise BadInput(f"table {plan.table_display} of plan {plan.name!r} no longer exists") from None
     expected = plan.table_fingerprint
     columns = [plan.column] + plan.tracked_columns
-    if info.fingerprint(columns) != expected:
+    column = info.column(plan.column)
+    as_planned = ({plan.column: plan.column_type}
+                  if column is not None and column.type == expected_column_type(plan, phase) else {})
+    if info.fingerprint(columns, as_planned) != expected:
         raise BadInput(f"table {plan.table_display} changed since plan {plan.name!r} was made: "
-                       + "; ".join(_shape_differences(plan, info)))
+                       + "; ".join(_shape_differences(plan, info, phase)))
 
 
-def _shape_differences(plan: Plan, info: catalog.TableInfo) -> list[str]:
+def _shape_differences(plan: Plan, info: catalog.TableInfo, phase: str) -> list[str]:
     """What the plan recorded against what the table has now, named one by one."""
     out = []
     now_key = [c.name for c in info.primary_key]
     if now_key != plan.primary_key:
         out.append(f"primary key was {plan.primary_key}, now {now_key}")
     column = info.column(plan.column)
-    if column is None or column.type != plan.column_type:
-        out.append(f"column {plan.column} was {plan.column_type}, now {column.type if column else 'missing'}")
+    wanted = expected_column_type(plan, phase)
+    if column is None or column.type != wanted:
+        out.append(f"column {plan.column} was {wanted}, now {column.type if column else 'missing'}")
     for name in plan.tracked_columns:
         text = info.column(name)
         if text is None:
             out.append(f"text column {name} is missing")
-        elif text.base_type not in catalog.TEXT_TYPES:
+        elif not text.is_text:
             out.append(f"text column {name} is now {text.type}")
     if not out:
         shape = info.shape(columns := [plan.column] + plan.tracked_columns)
@@ -308,7 +335,7 @@ def build(conn: psycopg.Connection, *, table: str, column: str, text_columns: li
         found = info.column(text_col)
         if found is None:
             raise BadInput(f"text column {text_col!r} does not exist in {info.qualified}")
-        if found.base_type not in catalog.TEXT_TYPES:
+        if not found.is_text:
             raise BadInput(f"column {text_col!r} of {info.qualified} is {found.type}, not a text column")
     dims = _planned_dimensions(conn, info, col, dimensions)
     low, high = target_info.limits.supported_dimensions
@@ -338,12 +365,20 @@ def _planned_dimensions(conn: psycopg.Connection, info: catalog.TableInfo, col: 
             raise BadInput(f"column {col.name!r} is {col.type} but --dimensions {requested} was asked: "
                            f"the application's queries would break; use --dimensions {col.dimensions}")
         return col.dimensions
+    # An unsized column can hold vectors of any dimension (langchain keeps every collection in one
+    # table): a column whose rows disagree cannot be swapped for one of one dimension.
+    counts = conn.execute(sql.SQL(
+        "SELECT vector_dims({c}), count(*) FROM {t} WHERE {c} IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1").format(
+        c=sql.Identifier(col.name), t=info.ident)).fetchall()
+    if len(counts) > 1:
+        found = ", ".join(f"{rows} rows of {dims} dims" for dims, rows in counts)
+        raise BadInput(f"column {col.name!r} of {info.qualified} holds vectors of {len(counts)} dimensions ({found}): "
+                       "after the swap every row would have the new model's one dimension and the other "
+                       "collections' queries and inserts would fail; move each collection to its own table first")
     if requested is not None:
         if requested < 1:
             raise BadInput(f"--dimensions must be positive, not {requested}")
         return requested
-    row = conn.execute(sql.SQL("SELECT vector_dims({}) FROM {} WHERE {} IS NOT NULL LIMIT 1").format(
-        sql.Identifier(col.name), info.ident, sql.Identifier(col.name))).fetchone()
-    if row is None:
+    if not counts:
         raise BadInput(f"column {col.name!r} is an unsized vector with no values: give --dimensions N")
-    return int(row[0])
+    return int(counts[0][0])

@@ -62,7 +62,7 @@ def plan_report(plan: Plan, path: str, preflight: str) -> str:
         f"  preflight: {preflight}",
         "",
         "what will happen:",
-        f"  1. prepare   add column {plan.shadow_column} vector({plan.dimensions}), tag it, track changes to "
+        f"  1. prepare   add column {plan.shadow_column} {plan.new_column_type}, tag it, track changes to "
         f"{', '.join(plan.tracked_columns)}",
         f"  2. run       embed every row with {plan.target} (RETRIEVAL_DOCUMENT) in checkpointed batches",
         "  3. index     " + ("; ".join(f"build {i.method} ({i.opclass}, "

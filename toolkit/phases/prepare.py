@@ -66,9 +66,15 @@ def key_json(plan: Plan, row: str) -> sql.Composable:
 
 
 def vector_type(plan: Plan) -> sql.Composable:
-    """`vector(N)`, or `halfvec(N)` when the original column is a halfvec."""
-    base = "halfvec" if plan.column_type.startswith("halfvec") else "vector"
-    return sql.SQL("{}({})").format(sql.Identifier(base), sql.Literal(plan.dimensions))
+    """`vector(N)`, or `halfvec(N)` when the original column is a halfvec: what every new vector is."""
+    return sql.SQL("{}({})").format(sql.Identifier(plan.vector_base), sql.Literal(plan.dimensions))
+
+
+def new_column_type(plan: Plan) -> sql.Composable:
+    """The declared type of the shadow column: `vector_type`, or unsized like an unsized original."""
+    if "(" in plan.new_column_type:
+        return vector_type(plan)
+    return sql.Identifier(plan.vector_base)
 
 
 def column_comment(plan: Plan, created_at: str | None = None) -> str:

@@ -22,7 +22,7 @@ from toolkit.errors import BadInput, GateFailed
 from toolkit.phases import dependents, swap
 from toolkit.phases.ddl import template
 from toolkit.phases.locking import run_locked
-from toolkit.phases.prepare import column_comment, key_json, tracking_names, vector_type, with_lock_timeout
+from toolkit.phases.prepare import column_comment, key_json, new_column_type, tracking_names, with_lock_timeout
 from toolkit.plan import Plan
 from toolkit.state import PlanRecord, log_event
 from toolkit.strategies.base import SWAPPED_PHASES, DropResult, IndexTarget, Place, Places, Retry
@@ -68,7 +68,7 @@ class ColumnStrategy:
         if (comment or {}).get("plan") != plan.name:
             raise GateFailed(f"column {plan.shadow_column!r} already exists in {plan.table_display} and was not "
                              f"created by plan {plan.name!r}: drop or rename it, or plan another target")
-        wanted = vector_type(plan).as_string(conn).replace('"', "")
+        wanted = plan.new_column_type
         if type_ != wanted:
             raise GateFailed(f"column {plan.shadow_column!r} is {type_}, plan {plan.name!r} needs {wanted}")
 
@@ -226,7 +226,7 @@ class ColumnStrategy:
 
 def _add_column(plan: Plan) -> sql.Composable:
     return template("prepare_add_column", table=plan.table, shadow=sql.Identifier(plan.shadow_column),
-                    type=vector_type(plan))
+                    type=new_column_type(plan))
 
 
 def _comment(plan: Plan, created_at: str | None = None) -> sql.Composable:
@@ -301,8 +301,7 @@ def _original_storage(conn: psycopg.Connection, plan: Plan) -> str | None:
 
 
 def _default_storage(conn: psycopg.Connection, plan: Plan) -> str:
-    row = conn.execute("SELECT typstorage FROM pg_type WHERE typname = %s",
-                       ("halfvec" if plan.column_type.startswith("halfvec") else "vector",)).fetchone()
+    row = conn.execute("SELECT typstorage FROM pg_type WHERE typname = %s", (plan.vector_base,)).fetchone()
     return row[0] if row else ""
 
 

@@ -1,0 +1,52 @@
+"""Tables the way real clients create them (langchain, Supabase vecs, LlamaIndex, Haystack), filled
+with the source model's vectors of their text, for the shape tests."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Sequence
+
+import psycopg
+from psycopg import sql
+
+from tables import passage
+from verify_support import old_vectors
+
+
+def _uuid(i: int) -> str:
+    return str(uuid.UUID(int=i + 1))
+
+
+def create_langchain(conn: psycopg.Connection, rows: int, *, dims: Sequence[int] = (768,)) -> None:
+    """langchain's legacy PGVector store: one unsized `vector` column for every collection
+    (`Vector(None)`), `document` varchar, a uuid key. Rows are spread over one collection per
+    entry of `dims`, each holding vectors of that dimension."""
+    conn.execute("CREATE TABLE langchain_pg_collection (uuid uuid PRIMARY KEY, name varchar, cmetadata json)")
+    conn.execute("""CREATE TABLE langchain_pg_embedding (
+        uuid uuid PRIMARY KEY,
+        collection_id uuid REFERENCES langchain_pg_collection (uuid) ON DELETE CASCADE,
+        embedding vector, document varchar, cmetadata json, custom_id varchar)""")
+    collections = [_uuid(10_000 + n) for n in range(len(dims))]
+    for n, coll in enumerate(collections):
+        conn.execute("INSERT INTO langchain_pg_collection VALUES (%s, %s, '{}')", (coll, f"collection_{n}"))
+    texts = [passage(i) for i in range(rows)]
+    vectors = old_vectors(texts)
+    with conn.cursor().copy("COPY langchain_pg_embedding (uuid, collection_id, embedding, document, cmetadata, "
+                            "custom_id) FROM STDIN") as copy:
+        for i, text in enumerate(texts):
+            n = i % len(dims)
+            copy.write_row((_uuid(i), collections[n], vectors[i][:dims[n]], text, json.dumps({"i": i}), None))
+    conn.execute("ANALYZE langchain_pg_embedding")
+
+
+def create_docs_with_text_type(conn: psycopg.Connection, rows: int, text_type: str) -> None:
+    """docs(id, content <text_type>, embedding vector(768)) with an HNSW cosine index."""
+    conn.execute(sql.SQL("CREATE TABLE docs (id bigint PRIMARY KEY, content {}, embedding vector(768))").format(
+        sql.SQL(text_type)))
+    texts = [passage(i) for i in range(rows)]
+    with conn.cursor().copy("COPY docs (id, content, embedding) FROM STDIN") as copy:
+        for i, (text, vector) in enumerate(zip(texts, old_vectors(texts))):
+            copy.write_row((i, text, vector))
+    conn.execute("CREATE INDEX docs_embedding_idx ON docs USING hnsw (embedding vector_cosine_ops)")
+    conn.execute("ANALYZE docs")
