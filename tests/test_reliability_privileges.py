@@ -108,18 +108,18 @@ def test_a_role_that_does_not_own_the_table_is_refused_in_one_line_and_nothing_c
         sql.Identifier(app)))
     conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA reembed TO {}").format(sql.Identifier(app)))
     monkeypatch.setenv("DATABASE_URL", _dsn_as(database.dsn, app))
-    assert run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--name", "p1",
-                   "--offline").exit_code == 0
     columns = conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attnum > 0 "
                            "AND NOT attisdropped").fetchone()[0]
-    result = run_cli("run", "p1", "--no-progress")
-    assert result.exit_code != 0
-    assert "must be owner of table docs" in result.stderr and len(result.stderr.strip().splitlines()) == 1, \
-        result.stderr
+    # Refused at plan (issue 12.9), before anything is paid for, naming the owner to run as.
+    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--name", "p1", "--offline")
+    assert result.exit_code == 2
+    assert f"ownership of table public.docs, owned by {migrator}" in result.stderr \
+        and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert conn.execute("SELECT count(*) FROM reembed.plans").fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attnum > 0 "
                         "AND NOT attisdropped").fetchone()[0] == columns
     assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'docs'::regclass AND NOT tgisinternal"
                         ).fetchone()[0] == 0
-    record("7 privileges", "`run` by a role that may write rows but does not own the table",
+    record("7 privileges", "`plan` by a role that may write rows but does not own the table",
            f"refused, exit {result.exit_code}, one line: {result.stderr.strip()[len('reembed: error: '):][:70]}; "
            "nothing changed")

@@ -18,7 +18,7 @@ import psycopg
 import tomli_w
 from psycopg import sql
 
-from toolkit import __version__, catalog
+from toolkit import __version__, access, catalog
 from toolkit.errors import BadInput
 from toolkit.indexes import (HNSW_MAX_DIMS, PG_IDENTIFIER_MAX, IndexSpec, bounded_identifier,  # noqa: F401 (re-exported)
                              plan_indexes)
@@ -324,6 +324,7 @@ def build(conn: psycopg.Connection, *, table: str, column: str, text_columns: li
     info = catalog.inspect_table(conn, table)
     if not info.primary_key:
         raise BadInput(f"table {info.qualified} has no primary key: reembed needs one to track rows")
+    access.refuse_hidden_rows(conn, info)  # before anything counts rows
     col = info.column(column)
     if col is None:
         raise BadInput(f"column {column!r} does not exist in {info.qualified}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from toolkit import surroundings as around
 from toolkit.catalog import TableInfo
 from toolkit.plan import Plan
 
@@ -25,7 +26,7 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def inspect_report(info: TableInfo) -> str:
+def inspect_report(info: TableInfo, surroundings: around.Surroundings | None = None) -> str:
     out = [f"table {info.qualified}: ~{info.rows_estimate} rows; heap {size(info.heap_bytes)}, "
            f"TOAST {size(info.toast_bytes)}, indexes {size(info.index_bytes)}"]
     pk = ", ".join(f"{c.name} {c.type}" for c in info.primary_key) or "NONE (reembed needs one)"
@@ -50,10 +51,21 @@ def inspect_report(info: TableInfo) -> str:
         out.append(table([(d.kind, d.name, d.column) for d in info.dependents], ["kind", "name", "column"]))
     else:
         out.append("  none")
+    if surroundings is not None:
+        out.append("\napplication triggers (column strategy):")
+        out += [f"  {note}" for note in around.trigger_notes(surroundings)] or ["  none"]
+        out.append("\npublications carrying the table:")
+        out += [f"  {p.name}: " + ("FOR ALL TABLES" if p.all_tables else "FOR TABLES IN SCHEMA" if p.via_schema
+                                   else "FOR TABLE") + (f" ({', '.join(p.columns)})" if p.columns else "")
+                + f", publishes {', '.join(p.operations)}" for p in surroundings.publications] or ["  none"]
+        if surroundings.all_tables_publications:
+            out.append(f"  FOR ALL TABLES publication(s) {', '.join(surroundings.all_tables_publications)} also "
+                       "publish reembed's own schema: `reembed plan` says what their subscribers need")
     return "\n".join(out)
 
 
-def plan_report(plan: Plan, path: str, preflight: str) -> str:
+def plan_report(plan: Plan, path: str, preflight: str, triggers: Sequence[str] = (),
+                subscribers: Sequence[str] = ()) -> str:
     e = plan.estimate
     steps = [
         f"plan {plan.name!r} written to {path} and registered",
@@ -90,4 +102,8 @@ def plan_report(plan: Plan, path: str, preflight: str) -> str:
             f"  extra disk        ~{size(e.shadow_column_bytes)} shadow column"
             + (f", ~{size(e.shadow_index_bytes)} index" if e.shadow_index_bytes else ""),
         ]
+    if triggers:
+        steps += ["", "application triggers:"] + [f"  {t}" for t in triggers]
+    if subscribers:
+        steps += ["", "logical replication:"] + [f"  {s}" for s in subscribers]
     return "\n".join(steps)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from toolkit import catalog, render
+from toolkit import render
 from toolkit.cli.common import cli, connected, dsn_option, echo_json, handle_errors, json_option
-from toolkit.phases.planning import PlanRequest, make_plan, planned_sql
+from toolkit.phases.planning import PlanRequest, inspection, make_plan, planned_sql
 from toolkit.plan import DEFAULT_SOURCE, DEFAULT_TARGET
 from toolkit.state import list_plans
 
@@ -20,10 +20,11 @@ from toolkit.state import list_plans
 @handle_errors
 def inspect(table: str, dsn: str | None, as_json: bool) -> None:
     """Describe TABLE (`schema.table` or `table`): key, vector and text columns, vector indexes,
-    sizes, and what binds to the vector columns. Read-only."""
+    sizes, what binds to the vector columns, the application's triggers and the publications
+    that carry the table. Read-only."""
     with connected(dsn, schema=False) as (_, conn):
-        info = catalog.inspect_table(conn, table)
-    echo_json(info.to_json()) if as_json else click.echo(render.inspect_report(info))
+        found = inspection(conn, table)
+    echo_json(found.to_json()) if as_json else click.echo(render.inspect_report(found.info, found.surroundings))
 
 
 def _split_columns(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str]:
@@ -67,9 +68,11 @@ def plan(table: str, column: str, text_columns: list[str], title_column: str | N
         statements = planned_sql(conn, result.plan, result.plan_id) if show_sql else {}
     if as_json:
         echo_json({"plan": result.plan.to_spec(), "file": str(result.path), "preflight": result.preflight,
+                   "triggers": result.triggers, "subscribers": result.subscribers.to_json(),
                    **({"sql": statements} if show_sql else {})})
         return
-    click.echo(render.plan_report(result.plan, str(result.path), result.preflight))
+    click.echo(render.plan_report(result.plan, str(result.path), result.preflight, result.triggers,
+                                  result.subscribers.lines()))
     for phase, lines in statements.items():
         click.echo(f"\n-- {phase}")
         for line in lines:

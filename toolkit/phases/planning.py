@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
+from toolkit import access, catalog, surroundings
+from toolkit.catalog import TableInfo
 from toolkit.db import Database
 from toolkit.errors import BadInput, ProviderError, ReembedError, Unreachable
 from toolkit.estimate import estimate
@@ -48,12 +50,30 @@ class PlanResult:
     plan_id: int
     path: Path
     preflight: str  # what the preflight call found, in words
+    triggers: list[str]  # the application's triggers and whether the migration fires them
+    subscribers: surroundings.SubscriberAdvice  # what logical-replication subscribers need, in order
+
+
+@dataclass
+class Inspection:
+    info: TableInfo
+    surroundings: surroundings.Surroundings
+
+    def to_json(self) -> dict:
+        return {**self.info.to_json(), **self.surroundings.to_json()}
+
+
+def inspection(conn: psycopg.Connection, table: str) -> Inspection:
+    """The table and what reacts to a migration of it. Read-only."""
+    info = catalog.inspect_table(conn, table)
+    return Inspection(info=info, surroundings=surroundings.load(conn, info.oid))
 
 
 def make_plan(db: Database, conn: psycopg.Connection, request: PlanRequest) -> PlanResult:
     plan, info = build(conn, table=request.table, column=request.column, text_columns=request.text_columns,
                        title_column=request.title_column, target=request.target, source=request.source,
                        dimensions=request.dimensions, name=request.name, index_request=request.index)
+    access.refuse_missing_privileges(conn, info, plan.column)
     path = request.output or Path(f"reembed-{plan.name}.toml")
     if path.exists() and not path.is_file():
         raise BadInput(f"--output {path} is not a file")
@@ -65,7 +85,9 @@ def make_plan(db: Database, conn: psycopg.Connection, request: PlanRequest) -> P
             plan.write(path)
         except OSError as exc:
             raise BadInput(f"cannot write plan file {path}: {exc.strerror}") from None
-    return PlanResult(plan=plan, plan_id=record.id, path=path, preflight=preflight)
+    around = surroundings.load(conn, info.oid)
+    return PlanResult(plan=plan, plan_id=record.id, path=path, preflight=preflight,
+                      triggers=surroundings.trigger_notes(around), subscribers=surroundings.subscriber_advice(plan, around))
 
 
 def preflight_target(plan: Plan) -> str:
