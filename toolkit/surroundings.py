@@ -7,7 +7,7 @@ logical-replication subscribers (who must follow its column changes). Read-only;
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import psycopg
 from psycopg import sql
@@ -207,7 +207,7 @@ def subscriber_advice(plan: "Plan", surroundings: Surroundings) -> SubscriberAdv
                 "ledger, written all through the migration; a subscriber without their tables stops with `relation "
                 "reembed.... does not exist` and resumes by itself once they exist"))
     if carrying:
-        advice.steps += _column_strategy_steps(plan, table)
+        advice.steps += _STEPS_BY_STRATEGY[plan.strategy](plan, table)
     if advice.steps and surroundings.logical_slots:
         advice.warnings.append(f"logical replication slots here: {', '.join(surroundings.logical_slots)}; while a "
                                "subscriber is stopped its slot keeps WAL on this server")
@@ -217,19 +217,21 @@ def subscriber_advice(plan: "Plan", surroundings: Surroundings) -> SubscriberAdv
 def _column_strategy_steps(plan: "Plan", table: str) -> list[SubscriberStep]:
     # The subscriber runs the statements reembed runs here (rendered the same way), so its table
     # follows the publisher's exactly.
-    from toolkit.phases import cutover, index as index_phase
+    from toolkit.strategies import strategy_for
 
+    strategy = strategy_for(plan)
     steps = [SubscriberStep(
         when=f"before `reembed run {plan.name}`",
         statements=[f"ALTER TABLE {table} ADD COLUMN {_q(plan.shadow_column)} {plan.new_column_type}"],
         why="the backfill's UPDATEs bring it the new vectors; without it the subscriber stops with `missing "
             "replicated column`")]
-    if plan.index:
+    targets = strategy.index_targets(plan, "backfilled")
+    if targets:
         steps.append(SubscriberStep(
             when=f"before `reembed cutover {plan.name}`, where the subscriber serves queries",
-            statements=[_rendered(index_phase.index_sql(plan, plan.shadow_column, plan.index.shadow_name))],
-            why="the same index as the publisher's, ready when the new vectors take the column's name"))
-    swap = [_rendered(s) for s in cutover.planned_sql(plan)]
+            statements=[_rendered(t.statement) for t in targets],
+            why="the same indexes as the publisher's, ready when the new vectors take the column's name"))
+    swap = [_rendered(s) for s in strategy.swap_sql(plan, "cutover")]
     steps.append(SubscriberStep(
         when=f"after `reembed cutover {plan.name}`, when the subscriber stops with `missing replicated column "
              f"{plan.old_column}` (or, if nothing is written to {table}, once it has caught up)",
@@ -252,3 +254,6 @@ def _rendered(statement: sql.Composable) -> str:
 def _q(*names: str) -> str:
     """A (qualified) identifier quoted as SQL needs it, for statements printed for the user to run."""
     return sql.Identifier(*names).as_string(None)
+
+
+_STEPS_BY_STRATEGY: dict[str, Callable[["Plan", str], list[SubscriberStep]]] = {"column": _column_strategy_steps}
