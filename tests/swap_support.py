@@ -48,3 +48,18 @@ def vector_of(conn: psycopg.Connection, column: str, row_id: int) -> np.ndarray:
 def indexes(conn: psycopg.Connection) -> dict[str, str]:
     """index name -> definition, for the docs table."""
     return dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'docs'").fetchall())
+
+
+def swap_record(conn: psycopg.Connection, direction: str) -> tuple[float, int]:
+    """(lock_ms, attempts) of the plan's one swap in `direction`, after checking what they stand for:
+    the swap held the table's lock (a measured, positive time), took it at its first try (nothing
+    else held the table), and let it go (no ACCESS EXCLUSIVE left on it). How long it held the lock
+    is a figure for `reembed bench`, not a threshold here: a loaded machine stretches it."""
+    rows = conn.execute("SELECT lock_ms, attempts FROM reembed.swaps WHERE direction = %s", (direction,)).fetchall()
+    assert len(rows) == 1, rows
+    lock_ms, attempts = rows[0]
+    assert lock_ms > 0 and attempts == 1, (lock_ms, attempts)
+    left = conn.execute("SELECT count(*) FROM pg_locks WHERE relation = 'docs'::regclass "
+                        "AND mode = 'AccessExclusiveLock'").fetchone()[0]
+    assert left == 0, f"{left} ACCESS EXCLUSIVE locks still on docs after the {direction}"
+    return lock_ms, attempts

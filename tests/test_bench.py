@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from toolkit.bench import BenchResult, SwapFigure, render
+
 
 def test_bench_reports_every_figure(run_cli, conn) -> None:  # type: ignore[no-untyped-def]
     result = run_cli("bench", "--rows", "400", "--small-rows", "50", "--quota", "1200", "--quota-rows", "60",
@@ -22,6 +24,13 @@ def test_bench_reports_every_figure(run_cli, conn) -> None:  # type: ignore[no-u
     assert quota["quota_texts_per_minute"] == 1200 and quota["texts_per_minute"] > 0
     assert quota["rate_limited_429"] >= 0
     assert report["memory"]["peak_rss_mb_small"] > 0
+    # (d) the swap's lock time, per round and direction, printed (the figure no test may bound).
+    swap = report["swap"]
+    assert swap["rows"] == 400 and len(swap["cutover_lock_ms"]) == len(swap["rollback_lock_ms"]) == swap["rounds"]
+    assert min(swap["cutover_lock_ms"] + swap["rollback_lock_ms"]) > 0 and swap["attempts"] >= 2 * swap["rounds"]
+    figure = SwapFigure(**swap)
+    text = render(BenchResult(rows=400, dims=768, hnsw_m=16, swap=figure))
+    assert "(d) lock held by the swap" in text and f"cutover median {figure.medians[0]:.1f} ms" in text
     # The scratch database is gone.
     names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'reembed_bench_%'")]
     assert names == []

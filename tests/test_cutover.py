@@ -16,7 +16,8 @@ import pytest
 from psycopg import sql
 
 from backfill_support import TARGET, gemini  # noqa: F401 (fixture)
-from swap_support import PLAN, backfilled, columns, indexes, plan_row, vector_of
+from reliability_support import reembed_process, wait_for
+from swap_support import PLAN, backfilled, columns, indexes, plan_row, swap_record, vector_of
 from tables import passage
 from toolkit.emulators import expected_vector
 
@@ -123,10 +124,9 @@ def test_cutover_keeps_the_sql_and_repoints_everything_bound_to_the_column(conn,
     assert seen == (300, 300)
     # The CHECK was re-created NOT VALID inside the lock and validated after it.
     assert conn.execute("SELECT convalidated FROM pg_constraint WHERE conname = 'dims_ok'").fetchone()[0] is True
-    # The swap is recorded with its lock time.
-    lock_ms, attempts, captured = conn.execute(
-        "SELECT lock_ms, attempts, captured FROM reembed.swaps WHERE direction = 'cutover'").fetchone()
-    assert 0 < lock_ms < 50 and attempts == 1
+    # The swap is recorded with its lock time: held, at the first try, and released.
+    swap_record(conn, "cutover")
+    captured = conn.execute("SELECT captured FROM reembed.swaps WHERE direction = 'cutover'").fetchone()[0]
     assert {"view", "function", "policy", "check_constraint", "grant", "publication"} <= set(
         k for k, v in json.loads(json.dumps(captured))["dependents"].items() if v) | {
         "view", "function", "policy", "check_constraint", "grant", "publication"}
@@ -186,41 +186,54 @@ def test_materialized_view_refuses_unless_asked_to_refresh(conn, run_cli, gemini
     assert shadow not in columns(conn)
 
 
-def test_a_long_transaction_bounds_each_try_and_never_blocks_readers(conn, run_cli, gemini, database) -> None:  # type: ignore[no-untyped-def]
+def test_a_long_transaction_bounds_each_try_and_never_blocks_readers(conn, run_cli, gemini, database, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A reader that queues behind a waiting try gets its answer when that try gives up, while the long
+    transaction still holds the table: what frees it is the swap's lock_timeout, not the holder."""
     backfilled(conn, run_cli)
     holder = database.connect(autocommit=False)
-    holder.execute("SELECT count(*) FROM docs")  # ACCESS SHARE until commit: the swap cannot get its lock
-    latencies: list[float] = []
+    # Bounds this test if lock_timeout ever failed: the holder ends, and the cutover would then succeed.
+    holder.execute("SET idle_in_transaction_session_timeout = '600s'")
+    holder.execute("SELECT count(*) FROM docs")  # ACCESS SHARE until it ends: the swap cannot get its lock
+    reader = database.connect()
+    reader_pid = reader.info.backend_pid
+    answered = [0]
     stop = threading.Event()
 
     def read() -> None:
-        with database.connect() as reader:
-            while not stop.is_set():
-                started = time.monotonic()
-                reader.execute("SELECT id FROM docs WHERE id < 10").fetchall()
-                latencies.append(time.monotonic() - started)
-                time.sleep(0.005)
+        while not stop.is_set():
+            reader.execute("SELECT id FROM docs WHERE id < 10").fetchall()
+            answered[0] += 1
+            time.sleep(0.005)
 
     thread = threading.Thread(target=read)
     thread.start()
+    proc = reembed_process("cutover", PLAN, "--force", "--lock-timeout", "500", "--retries", "2", cwd=tmp_path)
+    queued_at: list[int] = []  # reads answered when the reader was seen queued behind the swap's try
     try:
-        started = time.monotonic()
-        result = run_cli("cutover", PLAN, "--force", "--lock-timeout", "150", "--retries", "3")
-        elapsed = time.monotonic() - started
+        while proc.poll() is None:
+            blocked_by = conn.execute("SELECT pg_blocking_pids(%s)", (reader_pid,)).fetchone()[0]
+            if any(pid != holder.info.backend_pid for pid in blocked_by):
+                queued_at.append(answered[0])
+            time.sleep(0.01)
+        out, err = proc.communicate(timeout=600)
     finally:
+        if proc.poll() is None:
+            proc.kill()
         stop.set()
-        thread.join()
-    assert result.exit_code == 1
-    assert "within 150 ms in 4 tries" in result.stderr and f"pid {holder.info.backend_pid}" in result.stderr
-    waits = [float(line.split("within ")[1].split(" ms")[0]) for line in result.stderr.splitlines()
-             if "not granted within" in line]
-    assert len(waits) == 3 and all(w < 150 + 100 for w in waits), waits
-    # Readers queue behind a waiting try at most for its lock timeout, and run freely between tries.
-    assert len(latencies) > 20 and max(latencies) < 0.150 + 0.150, max(latencies)
-    assert elapsed > 0.3  # it did back off between tries
+        thread.join(timeout=600)
+    assert not thread.is_alive()
+    assert proc.returncode == 1, out + err
+    assert "within 500 ms in 3 tries" in err and f"pid {holder.info.backend_pid}" in err
+    waits = [float(line.split("within ")[1].split(" ms")[0]) for line in err.splitlines() if "not granted within" in line]
+    assert len(waits) == 2 and all(w >= 500 for w in waits), waits  # each try waited its whole lock_timeout
+    # The reader did queue behind a try, and got its answer after it, all while the holder held the table.
+    assert queued_at, "the reader was never seen waiting behind the swap"
+    assert answered[0] > queued_at[0]
+    assert holder.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
     assert plan_row(conn)[0] == "indexed" and "embedding" in columns(conn)
     holder.rollback()
     holder.close()
+    reader.close()
     result = run_cli("cutover", PLAN, "--force", "--lock-timeout", "150")
     assert result.exit_code == 0, result.stderr
 
@@ -242,7 +255,8 @@ def test_cutover_json_and_planned_sql(conn, run_cli, gemini) -> None:  # type: i
     result = run_cli("cutover", PLAN, "--force", "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
-    assert data["swap"]["direction"] == "cutover" and 0 < data["swap"]["lock_ms"] < 50
+    assert data["swap"]["direction"] == "cutover" and data["swap"]["attempts"] == 1
+    assert data["swap"]["lock_ms"] == pytest.approx(swap_record(conn, "cutover")[0], abs=0.01)
     assert data["check"]["backfill"] == {"pending": 0, "stale": 0, "uncovered": 0, "without_vector": 0}
     again = run_cli("cutover", PLAN, "--force")
     assert again.exit_code == 0 and "already cut over" in again.output
@@ -308,20 +322,24 @@ def _filled_without_provider(conn: psycopg.Connection, run_cli, rows: int) -> No
 
 @pytest.mark.soak
 @pytest.mark.parametrize("rows", [10_000, 100_000])
-def test_lock_time_does_not_grow_with_the_table(conn, run_cli, rows) -> None:  # type: ignore[no-untyped-def]
-    """Soak: the swap is catalog-only, so the lock time at 100k rows is about that at 10k."""
+def test_swaps_stay_catalog_only_at_scale(conn, run_cli, rows) -> None:  # type: ignore[no-untyped-def]
+    """Soak: five cutovers and rollbacks of a large table, each in one try, none leaving a lock or a
+    rewrite behind (the table's file stays the same: the swap is catalog-only). How long the lock is
+    held is printed here and measured by `reembed bench`."""
     started = time.monotonic()
     _filled_without_provider(conn, run_cli, rows)
     setup_s = time.monotonic() - started
+    relfilenode = conn.execute("SELECT relfilenode FROM pg_class WHERE oid = 'docs'::regclass").fetchone()[0]
     for _ in range(5):
         assert run_cli("cutover", PLAN, "--force").exit_code == 0
         assert run_cli("rollback", PLAN).exit_code == 0
-    figures = conn.execute("SELECT direction, lock_ms FROM reembed.swaps ORDER BY id").fetchall()
-    cut = sorted(ms for d, ms in figures if d == "cutover")
-    back = sorted(ms for d, ms in figures if d == "rollback")
+    figures = conn.execute("SELECT direction, lock_ms, attempts FROM reembed.swaps ORDER BY id").fetchall()
+    assert len(figures) == 10 and all(attempts == 1 for _, _, attempts in figures), figures
+    assert conn.execute("SELECT relfilenode FROM pg_class WHERE oid = 'docs'::regclass").fetchone()[0] == relfilenode
+    cut = sorted(ms for d, ms, _ in figures if d == "cutover")
+    back = sorted(ms for d, ms, _ in figures if d == "rollback")
     print(f"\nLOCK {rows} rows (setup {setup_s:.0f}s): cutover median {cut[2]:.1f} ms max {cut[-1]:.1f} ms; "
           f"rollback median {back[2]:.1f} ms max {back[-1]:.1f} ms")
-    assert cut[2] < 50 and back[2] < 50
 
 
 def test_triggers_and_statistics_on_the_column_follow_it(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]

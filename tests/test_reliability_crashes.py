@@ -160,7 +160,8 @@ def test_kill_9_during_cutover_leaves_the_table_fully_before(conn, run_cli, gemi
     holder.rollback()
     holder.close()
     thread, waited = _blocked_read_ms(database)
-    thread.join(timeout=10)
+    thread.join(timeout=600)
+    assert waited, "an application read after the kill got no answer"
     reader_waits["after kill while waiting"] = waited[0]
     _before(conn, shadow, old)
 
@@ -179,13 +180,15 @@ def test_kill_9_during_cutover_leaves_the_table_fully_before(conn, run_cli, gemi
         assert "embedding" in columns(conn) and shadow in columns(conn)
     finally:
         kill_9(proc)
-    # The orphaned backend still holds ACCESS EXCLUSIVE until its statement ends (lock_timeout):
-    # an application query arriving now waits at most that long, then everything is as before.
+    # The orphaned backend still holds ACCESS EXCLUSIVE until its statement ends: its lock_timeout,
+    # not our blocker, ends it. An application query arriving now gets its answer while the
+    # blocker still holds reembed.swaps; then everything is as before.
     thread, waited = _blocked_read_ms(database)
-    time.sleep(0.1)
+    thread.join(timeout=600)
+    assert waited, "an application read queued behind the killed swap got no answer"
+    assert blocker.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
     blocker.rollback()
     blocker.close()
-    thread.join(timeout=30)
     reader_waits["during the killed swap"] = waited[0]
     wait_for(lambda: not conn.execute(
         "SELECT count(*) FROM pg_locks l WHERE l.relation = 'docs'::regclass AND l.mode = 'AccessExclusiveLock'"
@@ -200,7 +203,6 @@ def test_kill_9_during_cutover_leaves_the_table_fully_before(conn, run_cli, gemi
     assert "embedding" in cols and old in cols and shadow not in cols
     assert_nothing_lost(conn, PLAN)
     lock_ms = conn.execute("SELECT lock_ms FROM reembed.swaps").fetchone()[0]
-    assert reader_waits["during the killed swap"] < 5000
     record("1 crashes", "kill -9 of `reembed cutover` (a) waiting for the lock, (b) inside the swap transaction",
            "table fully before after each kill; the next cutover completes", kills=2,
            reader_wait_ms_after_a=round(reader_waits["after kill while waiting"], 1),

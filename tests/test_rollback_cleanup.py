@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from backfill_support import TARGET, gemini  # noqa: F401 (fixture)
-from swap_support import PLAN, backfilled, columns, indexes, plan_row, vector_of
+from swap_support import PLAN, backfilled, columns, indexes, plan_row, swap_record, vector_of
 from tables import passage
 from toolkit.emulators import expected_vector, start_ollama
 
@@ -78,8 +78,7 @@ def test_rollback_gives_back_the_old_vectors_for_the_same_query(conn, run_cli, g
     assert set(indexes(conn)) == set(before_indexes)
     assert shadow in columns(conn) and old not in columns(conn)
     assert plan_row(conn)[0] == "rolled_back"
-    lock_ms = conn.execute("SELECT lock_ms FROM reembed.swaps WHERE direction = 'rollback'").fetchone()[0]
-    assert 0 < lock_ms < 50
+    swap_record(conn, "rollback")  # held, at the first try, released
     # A NULL is refused meanwhile (the NOT VALID check), then the fill and a re-run restore NOT NULL.
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute("INSERT INTO docs (id, title, content) VALUES (10001, 't', 'no vector')")

@@ -9,6 +9,8 @@ and the local Gemini emulator (real google-genai client, real HTTP, real Postgre
     the texts/min achieved as a fraction of R, and the 429s served.
 (c) peak memory (RSS) of the `reembed run` process at two table sizes: it must not grow with
     the table.
+(d) how long `reembed cutover` and `reembed rollback` hold the table's ACCESS EXCLUSIVE lock,
+    on the page-striped table of (a) once its new index is built (a few rounds of each).
 
 Each `reembed run` is a separate process, started the way a user starts it.
 """
@@ -67,6 +69,19 @@ class QuotaFigure:
 
 
 @dataclass
+class SwapFigure:
+    rows: int
+    rounds: int
+    cutover_lock_ms: list[float]  # one per round, as reembed.swaps records them
+    rollback_lock_ms: list[float]
+    attempts: int  # tries over all swaps; == 2 * rounds when nothing else held the table
+
+    @property
+    def medians(self) -> tuple[float, float]:
+        return float(np.median(self.cutover_lock_ms)), float(np.median(self.rollback_lock_ms))
+
+
+@dataclass
 class BenchResult:
     rows: int
     dims: int
@@ -74,6 +89,7 @@ class BenchResult:
     write: list[WriteFigure] = field(default_factory=list)
     quota: list[QuotaFigure] = field(default_factory=list)
     memory: dict[str, float] = field(default_factory=dict)
+    swap: SwapFigure | None = None
     speedup_vs_pk_order: float = 0.0
     write_speedup_vs_pk_order: float = 0.0
 
@@ -92,6 +108,7 @@ class BenchOptions:
     latency_ms: int = 200
     adaptive: bool = False  # also run (b) without --rpm, finding the quota from 429s
     skip_pk_order: bool = False
+    swap_rounds: int = 3
     batch_size: int = 100
     concurrency: int = 4
 
@@ -160,16 +177,36 @@ def _hot(conn: psycopg.Connection, table: str) -> tuple[int, int]:
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
-def _run_process(dsn: str, emulator_url: str, name: str, *extra: str) -> dict[str, Any]:
-    """`reembed run NAME --json` as its own process, started the way a user starts it; its summary."""
+def _reembed(dsn: str, emulator_url: str, *args: str) -> str:
+    """`reembed ARGS` as its own process, started the way a user starts it; its standard output."""
     env = dict(os.environ, DATABASE_URL=dsn, GOOGLE_API_KEY=BENCH_KEY, GOOGLE_GEMINI_BASE_URL=emulator_url)
     for var in ("GEMINI_API_KEY", "REEMBED_GEMINI_BASE_URL", "REEMBED_RPM", "REEMBED_TPM", "REEMBED_CONCURRENCY"):
         env.pop(var, None)
-    proc = subprocess.run([sys.executable, "-m", "toolkit", "run", name, "--json", "--no-progress", *extra],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "toolkit", *args], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"reembed run {name} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
-    return json.loads(proc.stdout)
+        raise RuntimeError(f"reembed {' '.join(args[:2])} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return proc.stdout
+
+
+def _run_process(dsn: str, emulator_url: str, name: str, *extra: str) -> dict[str, Any]:
+    """`reembed run NAME --json`; its summary."""
+    return json.loads(_reembed(dsn, emulator_url, "run", name, "--json", "--no-progress", *extra))
+
+
+def _swap_figure(conn: psycopg.Connection, dsn: str, emulator_url: str, name: str, rows: int,
+                 rounds: int) -> SwapFigure:
+    """Index the plan, then cut over and roll back `rounds` times (--force: the bench does not verify);
+    the lock times are the ones reembed.swaps records."""
+    _reembed(dsn, emulator_url, "index", name, "--no-progress")
+    for _ in range(rounds):
+        _reembed(dsn, emulator_url, "cutover", name, "--force", "--json")
+        _reembed(dsn, emulator_url, "rollback", name, "--json")
+    figures = conn.execute("SELECT s.direction, s.lock_ms, s.attempts FROM reembed.swaps s JOIN reembed.plans p "
+                           "ON p.id = s.plan_id WHERE p.name = %s ORDER BY s.id", (name,)).fetchall()
+    return SwapFigure(rows=rows, rounds=rounds,
+                      cutover_lock_ms=[round(float(ms), 2) for d, ms, _ in figures if d == "cutover"],
+                      rollback_lock_ms=[round(float(ms), 2) for d, ms, _ in figures if d == "rollback"],
+                      attempts=sum(int(a) for _, _, a in figures))
 
 
 def bench(db: Database, options: BenchOptions, say: Callable[[str], None] = lambda s: None) -> BenchResult:
@@ -215,6 +252,11 @@ def bench(db: Database, options: BenchOptions, say: Callable[[str], None] = lamb
                                  updates=updates, hot_updates=hot,
                                  hot_share=round(hot / updates, 3) if updates else 0.0, peak_rss_mb=rss)
             say(f"    {figure.rows_per_second:.0f} rows/s, {figure.hot_share:.0%} HOT, peak RSS {rss:.0f} MB")
+            if table == "bench_striped" and options.swap_rounds:
+                say(f"(d) {label}: reembed index, then {options.swap_rounds} x reembed cutover + rollback")
+                result.swap = _swap_figure(conn, dsn, emulator.base_url, name, rows, options.swap_rounds)
+                cut, back = result.swap.medians
+                say(f"    lock held: cutover median {cut:.1f} ms, rollback median {back:.1f} ms")
             return figure
 
         striped = write_case("HNSW on the original column, page-striped order (reembed run)", "bench_striped",
@@ -289,4 +331,11 @@ def render(result: BenchResult) -> str:
         lines += ["", "(c) peak memory of `reembed run`",
                   f"  {m['rows_small']} rows: {m['peak_rss_mb_small']:.0f} MB; {m['rows_large']} rows: "
                   f"{m['peak_rss_mb_large']:.0f} MB (growth {m['growth_mb']:+.0f} MB)"]
+    w = result.swap
+    if w:
+        cut, back = w.medians
+        lines += ["", "(d) lock held by the swap (ACCESS EXCLUSIVE, as reembed.swaps records it)",
+                  f"  {w.rows} rows, {w.rounds} rounds: cutover median {cut:.1f} ms (max {max(w.cutover_lock_ms):.1f}), "
+                  f"rollback median {back:.1f} ms (max {max(w.rollback_lock_ms):.1f}); {w.attempts} tries for "
+                  f"{2 * w.rounds} swaps"]
     return "\n".join(lines)
