@@ -9,6 +9,7 @@ embedded again.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import uuid
@@ -115,14 +116,60 @@ def pending_counts(conn: psycopg.Connection, plan_id: int) -> tuple[int, int]:
 
 
 # How many tracked rows a live application may have changed and left pending while the migration
-# still counts as complete for phases, verify and its gate: 0.1% of the rows, at least 20. They
+# still counts as complete: 0.1% of the rows, at least 20 (the floor every phase accepts). They
 # are re-embedded by the next run or by cutover's catch-up; cutover itself swaps only at zero.
 LIVE_TAIL_SHARE = 0.001
 LIVE_TAIL_MIN_ROWS = 20
+# Verify and its gate go further for an application that keeps writing: what it changes at the
+# rate verify measured while it ran, twice over for a rate that wobbles, over the time those
+# changes had to pile up. Never more than half the rows: most of what cutover swaps in must be
+# what verify judged (and an old verdict expires under a steady load).
+LIVE_TAIL_RATE_SAFETY = 2.0
+LIVE_TAIL_MAX_SHARE = 0.5
 
 
 def live_tail_tolerance(rows: int) -> int:
     return max(LIVE_TAIL_MIN_ROWS, int(rows * LIVE_TAIL_SHARE))
+
+
+def live_tail_allowance(rows: int, rows_per_second: float, seconds: float) -> int:
+    """Tracked rows that may change (or wait, pending) over `seconds` while the application writes at
+    `rows_per_second` (as verify measured it), for the verdict to still describe the migration:
+    the floor, or twice what that rate makes in that time, at most half the rows."""
+    floor = live_tail_tolerance(rows)
+    by_rate = math.ceil(LIVE_TAIL_RATE_SAFETY * max(0.0, rows_per_second) * max(0.0, seconds))
+    return max(floor, min(by_rate, int(rows * LIVE_TAIL_MAX_SHARE)))
+
+
+@dataclass
+class LiveWrites:
+    """Ledger rows the application (or a concurrent run) changed over a span of time: what verify
+    saw happen while it ran, by the server's clock."""
+
+    since: datetime
+    seconds: float
+    rows_changed: int
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_changed / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"since": self.since.isoformat(), "seconds": round(self.seconds, 3), "rows_changed": self.rows_changed,
+                "rows_per_second": round(self.rows_per_second, 4)}
+
+
+def live_writes(conn: psycopg.Connection, plan_id: int, since: datetime) -> LiveWrites:
+    row = conn.execute("SELECT count(*), extract(epoch FROM clock_timestamp() - %s) FROM reembed.ledger "
+                       "WHERE plan_id = %s AND changed_at > %s", (since, plan_id, since)).fetchone()
+    assert row is not None
+    return LiveWrites(since=since, seconds=float(row[1]), rows_changed=int(row[0]))
+
+
+def oldest_pending_change(conn: psycopg.Connection, plan_id: int) -> datetime | None:
+    row = conn.execute("SELECT min(changed_at) FROM reembed.ledger WHERE plan_id = %s AND state = 'pending'",
+                       (plan_id,)).fetchone()
+    return row[0] if row else None
 
 
 def pending_changed_before(conn: psycopg.Connection, plan_id: int, moment: datetime) -> int:

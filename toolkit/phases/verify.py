@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
 
@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 from toolkit.config import scrub
 from toolkit.db import Database
 from toolkit.errors import GateFailed
-from toolkit.phases.ledger import live_tail_tolerance
+from toolkit.phases import ledger
 from toolkit.phases.verification import agreement as agreement_check
 from toolkit.phases.verification import index_checks, model_checks, table_checks
 from toolkit.phases.verification.models import Model
@@ -48,6 +48,7 @@ class VerifyResult:
     phase: str  # the plan's phase after verify
     options: dict[str, Any]
     state_changed: bool = False  # rows or the index changed while verify ran: the gate will want another
+    live_writes: dict[str, Any] = field(default_factory=dict)  # what the application changed while verify ran
 
     @property
     def failed(self) -> list[str]:
@@ -57,7 +58,8 @@ class VerifyResult:
         return {"passed": self.passed, "checks": [c.to_json() for c in self.checks], "plan": self.plan,
                 "phase": self.phase, "verification_id": self.verification_id, "at": self.at.isoformat(),
                 "state_token": self.state_token, "state": self.state,
-                "state_changed_during_verify": self.state_changed, "options": self.options}
+                "state_changed_during_verify": self.state_changed, "live_writes": self.live_writes,
+                "options": self.options}
 
 
 # -- the state a verdict is about ----------------------------------------------------------------
@@ -123,15 +125,24 @@ def verification_gate(conn: psycopg.Connection, plan: Plan, record: PlanRecord) 
         return False, (f"the new column or its index changed since it was verified ({when}); "
                        f"run `reembed verify {plan.name}` again")
     # A live application keeps changing rows: those are re-embedded by the same guarded path and the
-    # cutover gate refuses any that are still pending or stale. A few since verify do not void it.
-    drift, total = conn.execute(
-        "SELECT count(*) FILTER (WHERE changed_at > %s), count(*) FROM reembed.ledger WHERE plan_id = %s",
-        (at, record.id)).fetchone()
-    tolerance = live_tail_tolerance(total)
+    # cutover gate refuses any that are still pending or stale. What verify vouches for is the model,
+    # the index and the vectors it judged; as many changes since it began as the application's
+    # write rate, measured while verify ran, explains do not void it. A burst beyond that does.
+    writes = (result or {}).get("live_writes") or {}
+    since = datetime.fromisoformat(writes["since"]) if writes.get("since") else at
+    rate = float(writes.get("rows_per_second") or 0.0)
+    drift, total, elapsed = conn.execute(
+        "SELECT count(*) FILTER (WHERE changed_at > %s), count(*), extract(epoch FROM clock_timestamp() - %s) "
+        "FROM reembed.ledger WHERE plan_id = %s", (since, since, record.id)).fetchone()
+    tolerance = ledger.live_tail_allowance(total, rate, float(elapsed))
+    at_rate = f"at the {rate:.2f} rows/s the application changed while verify ran" if rate else \
+        "none changed while verify ran"
     if drift > tolerance:
         return False, (f"{drift} rows changed since it was verified ({when}), more than the {tolerance} a "
-                       f"verification stays valid for; run `reembed verify {plan.name}` again")
-    return True, f"verified {when}; {drift} rows changed since (within {tolerance}), re-embedded by the same path"
+                       f"verification stays valid for ({at_rate}, over {float(elapsed):.0f} s); run "
+                       f"`reembed verify {plan.name}` again")
+    return True, (f"verified {when}; {drift} rows changed since (within {tolerance}, {at_rate}), "
+                  "re-embedded by the same path")
 
 
 # -- check, action -------------------------------------------------------------------------------
@@ -149,6 +160,7 @@ def run_verify(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanR
                options: VerifyOptions) -> VerifyResult:
     """Run every check (read-only on the user's table), store the verdict, advance the phase."""
     subject = check(conn, plan, record)
+    began = ledger.database_now(conn)
     snapshot = state_snapshot(conn, plan, record)  # before the checks: a change during verify voids the verdict
     checks: list[CheckResult] = []
 
@@ -158,7 +170,7 @@ def run_verify(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanR
         result.evidence["seconds"] = round(time.perf_counter() - started, 3)
         checks.append(result)
 
-    for table_check in (table_checks.coverage, table_checks.freshness, table_checks.sanity, table_checks.outliers):
+    for table_check in (table_checks.sanity, table_checks.outliers):
         run(lambda c=table_check: c(conn, subject, options))  # type: ignore[misc]
     sample = sample_rows(conn, subject, options.sample, options.seed)
     target, source = _models(subject, options)
@@ -173,8 +185,30 @@ def run_verify(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanR
         target.close()
         if source is not None:
             source.close()
+    # Coverage and freshness last, reported first: rows left pending are judged against the write
+    # rate the application kept up while the other checks ran.
+    writes = ledger.live_writes(conn, record.id, began)
+    allowed = _pending_allowance(conn, record, options, writes)
+    ledger_checks: list[CheckResult] = []
+    for table_check in (table_checks.coverage, table_checks.freshness):
+        run(lambda c=table_check: c(conn, subject, options, allowed))  # type: ignore[misc]
+        ledger_checks.append(checks.pop())
+    checks[:0] = ledger_checks
     changed = state_snapshot(conn, plan, record) != snapshot
-    return _record(conn, plan, record, checks, snapshot, options, changed)
+    return _record(conn, plan, record, checks, snapshot, options, changed, writes)
+
+
+def _pending_allowance(conn: psycopg.Connection, record: PlanRecord, options: VerifyOptions,
+                       writes: ledger.LiveWrites) -> Callable[[int], int]:
+    """How many tracked rows may wait, pending, for the migration to count as complete: --max-pending,
+    or what the application's write rate (measured while verify ran) piles up since the oldest of them
+    changed (ledger.live_tail_allowance). With no writes during verify, only the floor: a backfill
+    that did not finish is not a live tail."""
+    if options.max_pending is not None:
+        return lambda rows: int(options.max_pending)  # type: ignore[arg-type]
+    oldest = ledger.oldest_pending_change(conn, record.id)
+    age = max(0.0, (ledger.database_now(conn) - oldest).total_seconds()) if oldest else 0.0
+    return lambda rows: ledger.live_tail_allowance(rows, writes.rows_per_second, age)
 
 
 def _models(subject: Subject, options: VerifyOptions) -> tuple[Model, Model | None]:
@@ -190,14 +224,16 @@ def _models(subject: Subject, options: VerifyOptions) -> tuple[Model, Model | No
 
 
 def _record(conn: psycopg.Connection, plan: Plan, record: PlanRecord, checks: list[CheckResult],
-            snapshot: dict[str, Any], options: VerifyOptions, changed: bool) -> VerifyResult:
+            snapshot: dict[str, Any], options: VerifyOptions, changed: bool,
+            writes: ledger.LiveWrites) -> VerifyResult:
     passed = all(c.passed for c in checks)
     token = _token_of(snapshot)
     # The verdict is stored against the state seen when verify started: if rows changed while it
     # ran, the token no longer matches and cutover's gate asks for another verify.
     result = json.loads(scrub(json.dumps({"passed": passed, "checks": [c.to_json() for c in checks],
                                           "state": snapshot, "state_changed_during_verify": changed,
-                                          "options": options.public()}, default=str)))
+                                          "live_writes": writes.to_json(), "options": options.public()},
+                                         default=str)))
     failed = [c.name for c in checks if not c.passed]
     with conn.transaction():
         row = conn.execute(
@@ -214,4 +250,4 @@ def _record(conn: psycopg.Connection, plan: Plan, record: PlanRecord, checks: li
             phase = record.phase = "verified"
     return VerifyResult(plan=plan.name, passed=passed, checks=checks, state_token=token, state=snapshot,
                         verification_id=row[0], at=row[1], phase=phase, options=options.public(),
-                        state_changed=changed)
+                        state_changed=changed, live_writes=writes.to_json())

@@ -78,8 +78,13 @@ def verify_report(result: dict[str, Any]) -> str:
         for block in (overlap_histogram(agreement), labelled_table(agreement)):
             if block:
                 out += [""] + block
-    if result.get("state_changed_during_verify"):
-        out += ["", "note: rows or the index changed while verify ran; cutover will ask for another verify"]
+    writes = result.get("live_writes") or {}
+    if writes.get("rows_changed"):
+        out += ["", f"live writes: {writes['rows_changed']} rows changed while verify ran ({writes['seconds']:.1f} s, "
+                    f"{writes['rows_per_second']:.2f} rows/s); cutover accepts changes at about that rate "
+                    "(re-embedded by the same guarded path), a burst beyond it asks for another verify"]
+    elif result.get("state_changed_during_verify"):
+        out += ["", "note: the index changed while verify ran; cutover will ask for another verify"]
     out += ["", f"phase: {result['phase']}; verification #{result['verification_id']} stored "
                 f"(state {result['state_token'][:12]}); cutover requires a passing verification of the current state"]
     return "\n".join(out)

@@ -18,6 +18,7 @@ from psycopg import sql
 
 from toolkit import catalog
 from toolkit.errors import GateFailed
+from toolkit.phases.prepare import key_json
 from toolkit.plan import Plan
 from toolkit.resources import sql_dir
 from toolkit.state import PlanRecord
@@ -178,15 +179,20 @@ class SampleRow:
 
 
 def sample_rows(conn: psycopg.Connection, subject: Subject, n: int, seed: str) -> list[SampleRow]:
-    """n rows with text and a new vector, chosen by a keyed hash of the primary key.
+    """n rows with text and a new vector embedded from that text, chosen by a keyed hash of the key.
+
+    Rows a live application changed since they were embedded (pending) are left out: they are
+    re-embedded by the guarded path before cutover swaps, so their old vector is no evidence.
 
     Deterministic (the same table and seed give the same rows, so a verdict repeats) and
     independent of physical order (a backfill in page order would otherwise bias the sample).
     """
+    plan = subject.plan
     query = template(
-        "verify_sample", key=subject.key("t"), text=subject.plan.text_expression("t"),
-        title=subject.plan.title_expression("t"), new=sql.Identifier("t", subject.new_column),
-        table=subject.table, has_text=subject.has_text("t"), seed=sql.Literal(seed), limit=sql.Literal(n))
+        "verify_sample", key=subject.key("t"), text=plan.text_expression("t"), title=plan.title_expression("t"),
+        new=sql.Identifier("t", subject.new_column), table=subject.table, has_text=subject.has_text("t"),
+        plan_id=sql.Literal(subject.record.id), ledger_key=key_json(plan, "t"), hash=plan.text_hash_expression("t"),
+        seed=sql.Literal(seed), limit=sql.Literal(n))
     with conn.transaction():
         conn.execute("SET TRANSACTION READ ONLY")
         rows = conn.execute(query).fetchall()

@@ -7,7 +7,7 @@ corruption of even one row is seen deterministically, not by luck of a sample.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import psycopg
 from psycopg import sql
@@ -18,6 +18,7 @@ from toolkit.phases.verification.options import CheckResult, VerifyOptions
 from toolkit.phases.verification.subject import Subject, template
 
 EXAMPLES = 10
+PendingAllowance = Callable[[int], int]  # rows in the table -> tracked rows that may still be pending
 
 
 def _read(conn: psycopg.Connection, query: sql.Composable) -> list[tuple[Any, ...]]:
@@ -36,13 +37,14 @@ def _parts(subject: Subject) -> dict[str, sql.Composable]:
             "limit": sql.Literal(EXAMPLES)}
 
 
-def coverage(conn: psycopg.Connection, subject: Subject, options: VerifyOptions) -> CheckResult:
+def coverage(conn: psycopg.Connection, subject: Subject, options: VerifyOptions,
+             pending_allowed: PendingAllowance = live_tail_tolerance) -> CheckResult:
     parts = _parts(subject)
     total, with_text, covered, queued = _read(conn, template("verify_coverage", **parts))[0]
     missing = with_text - covered
     # New rows the application inserted since the last run wait, tracked, in the ledger; like
-    # freshness, a few of those are tolerated; a row nothing will ever embed is not.
-    allowed = options.max_pending if options.max_pending is not None else live_tail_tolerance(total)
+    # freshness, a live application's tail of those is tolerated; a row nothing will ever embed is not.
+    allowed = pending_allowed(total)
     forgotten = missing - queued
     uncovered = [{"key": k, "ledger_state": s or "untracked", "skip_reason": r}
                  for k, s, r in _read(conn, template("verify_uncovered", **parts))] if missing else []
@@ -65,15 +67,16 @@ def coverage(conn: psycopg.Connection, subject: Subject, options: VerifyOptions)
                         "skipped": skipped})
 
 
-def freshness(conn: psycopg.Connection, subject: Subject, options: VerifyOptions) -> CheckResult:
+def freshness(conn: psycopg.Connection, subject: Subject, options: VerifyOptions,
+              pending_allowed: PendingAllowance = live_tail_tolerance) -> CheckResult:
     parts = _parts(subject)
     done, pending, stale, untracked = _read(conn, template("verify_freshness", **parts))[0]
     examples = [{"key": k, "embedded_before": at.isoformat()} for k, at in _read(conn, template("verify_stale", **parts))
                 ] if stale else []
     # Pending rows are tracked changes queued for re-embedding (a live application makes a few all
     # the time); stale and untracked rows are vectors nothing will ever fix. Only the first may be
-    # tolerated, and only a few.
-    allowed = options.max_pending if options.max_pending is not None else live_tail_tolerance(done + pending)
+    # tolerated: as many as the application's write rate explains (see verify._pending_allowance).
+    allowed = pending_allowed(done + pending)
     problems = []
     if stale:
         problems.append(f"{stale} rows embedded from text they no longer have (e.g. "
