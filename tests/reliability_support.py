@@ -90,6 +90,26 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, step: float = 
         time.sleep(step)
 
 
+# -- cutover under a live application -----------------------------------------------------------------
+
+# Cutover swaps only when nothing is pending under its lock. An application that changes rows
+# every fraction of a second can change one between cutover's own catch-up and its lock, five
+# times running on a loaded machine: cutover then refuses with "the backfill is not complete",
+# changing nothing, and the operator runs it again. Tests allow that many runs, no more.
+CUTOVER_RUNS = 5
+BACKFILL_RACE = ("the backfill is not complete", "were inserted or changed since the check")
+
+
+def cutover_under_writes(run_cli, plan_name: str, *args: str) -> tuple[Any, int]:  # type: ignore[no-untyped-def]
+    """`reembed cutover PLAN ARGS`, run again (at most CUTOVER_RUNS times) only while it refuses for
+    rows the application changed in the instant before the lock; (last result, runs)."""
+    for runs in range(1, CUTOVER_RUNS + 1):
+        result = run_cli("cutover", plan_name, *args)
+        if result.exit_code == 0 or not any(reason in result.stderr for reason in BACKFILL_RACE):
+            return result, runs
+    return result, runs
+
+
 # -- reembed as a process ------------------------------------------------------------------------------
 
 def reembed_process(*args: str, cwd: Path | None = None, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
