@@ -30,16 +30,17 @@ def random_unit_vectors(n: int, dims: int, seed: int = 0) -> np.ndarray:
 
 def create_docs(conn: psycopg.Connection, rows: int, *, table: str = "docs", schema: str = "public",
                 dims: int = 768, index: str | None = "hnsw", m: int = 24, title: bool = True,
-                vectors: Callable[[Sequence[str]], np.ndarray] | None = None, pk: str = "bigint") -> sql.Identifier:
-    """A RAG store: id, title, content, embedding vector(dims) filled by `vectors` (default random),
-    with an HNSW cosine index (m) or an IVFFlat index or none. Loaded with binary COPY."""
+                vectors: Callable[[Sequence[str]], np.ndarray] | None = None, pk: str = "bigint",
+                text: Callable[[int], str] = passage) -> sql.Identifier:
+    """A RAG store: id, title, content (`text(i)`), embedding vector(dims) filled by `vectors`
+    (default random), with an HNSW cosine index (m) or an IVFFlat index or none. Loaded with COPY."""
     ident = sql.Identifier(schema, table)
     pk_type = {"bigint": "bigint", "uuid": "uuid", "text": "text"}[pk]
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
     conn.execute(sql.SQL(
         "CREATE TABLE {} (id {} PRIMARY KEY, title text, content text, embedding vector({}))").format(
         ident, sql.SQL(pk_type), sql.Literal(dims)))
-    texts = [passage(i) for i in range(rows)]
+    texts = [text(i) for i in range(rows)]
     vecs = vectors(texts) if vectors else random_unit_vectors(rows, dims)
     import uuid as _uuid
 

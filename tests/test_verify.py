@@ -9,7 +9,8 @@ from psycopg import sql
 
 from toolkit.phases.verification.options import VerifyOptions
 from toolkit.phases.verify import run_verify, verification_gate
-from verify_support import ROWS, migrated, random_vectors, verify_emulators, verify_env  # noqa: F401  (fixtures)
+from verify_support import (ROWS, migrated, random_vectors, short_text, verify_emulators,  # noqa: F401  (fixtures)
+                            verify_env)
 
 pytestmark = pytest.mark.usefixtures("verify_env")
 
@@ -90,3 +91,72 @@ def test_vectors_on_the_wrong_rows_fail_fidelity_and_self_retrieval(conn, run_cl
     assert {"coverage", "freshness", "sanity", "outliers", "index", "ann_recall"}.isdisjoint(failed(result))
     assert check(result, "fidelity").value < 0.05
     assert check(result, "self_retrieval").value < 0.2
+
+
+# -- gates that judge the migration, not the corpus ---------------------------------------------------
+
+SHORT_ROWS = 600
+
+
+def short_corpus(conn, run_cli):  # type: ignore[no-untyped-def]
+    """Two or three loosely related words a row, and a small HNSW graph (m=4) on both columns: a
+    corpus hard for any approximate index, whose vectors lean little toward their centroid."""
+    return migrated(conn, run_cli, SHORT_ROWS, text=short_text, title=False, m=4)
+
+
+def test_short_loosely_related_texts_are_judged_against_the_original_column(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
+    m = short_corpus(conn, run_cli)
+    result = verify(m)
+    assert result.passed, [(c.name, c.summary) for c in result.checks if not c.passed]
+    recall, outliers = check(result, "ann_recall"), check(result, "outliers")
+    # The absolute gates alone would fail this clean migration: recall under 0.95 at the default
+    # hnsw.ef_search, and a median cosine to the centroid within twice the random band.
+    assert recall.value < 0.95 and recall.evidence["setting_value"] == "40"
+    assert outliers.evidence["median_cosine_to_centroid"] < 2 * outliers.evidence["band"]
+    # The original column measured the same way is the baseline, named with both figures.
+    baseline = recall.evidence["baseline"]
+    assert baseline["used"] == "original column embedding, index docs_embedding_idx"
+    assert "ollama:nomic-embed-text query vectors" in baseline["queries_from"]
+    assert recall.value >= baseline["original_recall"] - 0.02
+    assert f"original index {baseline['original_recall']:.3f} on the same queries" in recall.summary
+    assert f"original {baseline['original_recall']:.3f}" in recall.threshold
+    assert outliers.value == 0 and outliers.evidence["beyond_baseline"] == 0
+    assert outliers.evidence["baseline"].startswith("original column embedding")
+    assert outliers.evidence["original"]["median_cosine_to_centroid"] > 2 * outliers.evidence["band"]
+    # Without the source model both columns are measured with the rows' stored vectors.
+    stored = check(verify(m, no_source=True), "ann_recall")
+    assert "stored vectors" in stored.evidence["baseline"]["queries_from"]
+    assert stored.evidence["baseline"]["new_recall_compared"] != stored.value
+    # Without an index on the original column there is no recall baseline: the absolute gate judges, and says so.
+    conn.execute("DROP INDEX docs_embedding_idx")
+    alone = check(verify(m), "ann_recall")
+    assert not alone.passed and "no baseline (the original column embedding has no valid index" in alone.summary
+    assert alone.threshold == 0.95
+
+
+@pytest.mark.parametrize("damage", ["random", "zero and duplicated", "shuffled"])
+def test_damage_still_fails_where_the_baseline_judges(conn, run_cli, damage: str) -> None:  # type: ignore[no-untyped-def]
+    m = short_corpus(conn, run_cli)
+    shadow = sql.Identifier(m.plan.shadow_column)
+    ids = [int(i) for i in np.random.default_rng(5).choice(SHORT_ROWS, size=SHORT_ROWS // 100, replace=False)]
+    if damage == "random":
+        for i, vector in zip(ids, random_vectors(len(ids), seed=13)):
+            conn.execute(sql.SQL("UPDATE docs SET {} = %s WHERE id = %s").format(shadow), (vector, i))
+    elif damage == "zero and duplicated":
+        conn.execute(sql.SQL("UPDATE docs SET {} = %s WHERE id = ANY (%s)").format(shadow), (np.zeros(768), ids[:3]))
+        conn.execute(sql.SQL("UPDATE docs SET {c} = (SELECT {c} FROM docs WHERE id = %s) WHERE id = ANY (%s)").format(
+            c=shadow), (ids[3], ids[4:]))
+    else:
+        conn.execute(sql.SQL("UPDATE docs AS d SET {c} = n.v FROM (SELECT id, coalesce(lead({c}) OVER w, "
+                             "first_value({c}) OVER w) AS v FROM docs WINDOW w AS (ORDER BY id)) n WHERE d.id = n.id"
+                             ).format(c=shadow))
+    result = verify(m)
+    expected = {"random": "outliers", "zero and duplicated": "sanity", "shuffled": "fidelity"}[damage]
+    assert not result.passed and expected in failed(result), [(c.name, c.summary) for c in result.checks]
+    if damage == "zero and duplicated":
+        sanity = check(result, "sanity")
+        assert sanity.evidence["off_norm"] == 3 and sanity.evidence["duplicate_rows"] >= len(ids) - 3
+    if damage == "random":
+        outliers = check(result, "outliers")
+        assert outliers.evidence["baseline"].startswith("original column")  # judged against the baseline, and still caught
+        assert set(outliers.evidence["outlier_examples"]) <= {str(i) for i in ids} and outliers.value >= len(ids) - 1

@@ -5,18 +5,20 @@ row's text hash, and an HNSW index like the original's is built on the shadow co
 
 from __future__ import annotations
 
+import random
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import psycopg
 import pytest
 from psycopg import sql
 
-from tables import create_docs, random_unit_vectors
+from tables import create_docs, passage, random_unit_vectors
 from toolkit.emulators import start_gemini, start_ollama
-from toolkit.emulators.vectors import expected_vector
+from toolkit.emulators.vectors import BUCKETS, expected_vector
 from toolkit.phases.prepare import key_json, prepare
 from toolkit.plan import Plan, load
 from toolkit.state import PlanRecord, set_phase
@@ -25,6 +27,29 @@ SOURCE = "ollama:nomic-embed-text"
 TARGET = "gemini:gemini-embedding-001"
 DIMS = 768
 ROWS = 1000
+
+
+@lru_cache(maxsize=None)
+def _short_vocabulary() -> tuple[str, ...]:
+    """Made-up words the emulators hash to distinct buckets (two words sharing one would make two
+    different texts share a vector, which verify rightly refuses)."""
+    seen: set[int] = set()
+    words = []
+    for stem in ("ka", "lo", "mi", "nu", "pe", "ri", "so", "ta", "ve", "zu"):
+        for n in range(400):
+            word = f"{stem}{n}"
+            bucket = zlib.crc32(word.encode()) % BUCKETS
+            if bucket not in seen:
+                seen.add(bucket)
+                words.append(word)
+    return tuple(words)
+
+
+def short_text(i: int) -> str:
+    """A corpus of short, loosely related texts: two or three words of ~1,700, few shared between rows."""
+    rng = random.Random(i)
+    vocabulary = _short_vocabulary()
+    return " ".join(sorted({rng.choice(vocabulary) for _ in range(rng.choice((2, 3)))}))
 
 
 @lru_cache(maxsize=None)
@@ -97,17 +122,20 @@ def fill_shadow(conn: psycopg.Connection, plan: Plan, plan_id: int, vectors: dic
         key=key_json(plan, "t")), (plan_id,))
 
 
-def build_index(conn: psycopg.Connection, plan: Plan, opclass: str = "vector_cosine_ops") -> None:
+def build_index(conn: psycopg.Connection, plan: Plan, opclass: str = "vector_cosine_ops", m: int = 24) -> None:
     assert plan.indexes
     # Enough memory for the graph: with the default an HNSW build is several times slower.
     conn.execute("SET maintenance_work_mem = '512MB'")
-    conn.execute(sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} {}) WITH (m = 24)").format(
-        sql.Identifier(plan.indexes[0].shadow_name), plan.table, sql.Identifier(plan.shadow_column), sql.SQL(opclass)))
+    conn.execute(sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} {}) WITH (m = {})").format(
+        sql.Identifier(plan.indexes[0].shadow_name), plan.table, sql.Identifier(plan.shadow_column), sql.SQL(opclass),
+        sql.Literal(m)))
 
 
 def migrated(conn: psycopg.Connection, run_cli, rows: int = ROWS, *, empty: Sequence[int] = (),  # type: ignore[no-untyped-def]
-             opclass: str = "vector_cosine_ops") -> Migration:
-    create_docs(conn, rows, vectors=old_vectors)
+             opclass: str = "vector_cosine_ops", text: Callable[[int], str] = passage, title: bool = True,
+             m: int = 24) -> Migration:
+    """The original index and the new one alike: HNSW with `m` (and the default ef_construction)."""
+    create_docs(conn, rows, vectors=old_vectors, text=text, title=title, m=m)
     for i in empty:
         conn.execute("UPDATE docs SET content = '' WHERE id = %s", (i,))
     result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title", "--offline")
@@ -121,7 +149,7 @@ def migrated(conn: psycopg.Connection, run_cli, rows: int = ROWS, *, empty: Sequ
     fill_shadow(conn, plan, record.id)
     conn.execute("SET maintenance_work_mem = '512MB'")
     conn.execute(definition)
-    build_index(conn, plan, opclass)
+    build_index(conn, plan, opclass, m)
     conn.execute("ANALYZE docs")
     set_phase(conn, record.id, "indexed", "index built by the test")
     return Migration(*load(conn, plan.name), conn=conn)

@@ -29,6 +29,9 @@ _D = VerifyOptions()
               help="Do not compare with the old model (use when it is no longer reachable).")
 @click.option("--min-recall", type=float, default=_D.min_recall, show_default=True,
               help="ann_recall: least recall@k of the index scan against an exact scan.")
+@click.option("--recall-margin", type=float, default=_D.recall_margin, show_default=True,
+              help="ann_recall: also passes at the original index's recall on the same queries and settings, "
+                   "less this.")
 @click.option("--ef-search", type=int, help="ann_recall: hnsw.ef_search to measure at (default: the session's).")
 @click.option("--probes", type=int, help="ann_recall: ivfflat.probes to measure at (default: the session's).")
 @click.option("--norm-tolerance", type=float, default=_D.norm_tolerance, show_default=True,
@@ -37,7 +40,7 @@ _D = VerifyOptions()
               help="sanity: rows allowed to share a vector with a different text.")
 @click.option("--max-pending", type=int, default=None,
               help="freshness: rows changed by the application and queued for re-embedding that may remain "
-                   "(default: 0.1% of rows, at least 20).")
+                   "(default: what the write rate measured during verify explains; at least 0.1% of rows, 20).")
 @click.option("--outlier-sigmas", type=float, default=_D.outlier_sigmas, show_default=True,
               help="outliers: a vector whose cosine to the corpus centroid is below SIGMAS/sqrt(dims) looks "
                    "random (0 disables).")
@@ -57,7 +60,7 @@ _D = VerifyOptions()
 @json_option
 @handle_errors
 def verify(plan: str, queries_file: Path | None, sample: int, k: int, no_source: bool, min_recall: float,
-           ef_search: int | None, probes: int | None, norm_tolerance: float, max_duplicates: int,
+           recall_margin: float, ef_search: int | None, probes: int | None, norm_tolerance: float, max_duplicates: int,
            max_pending: int | None, outlier_sigmas: float, max_outliers: int, fidelity_cosine: float, min_fidelity: float,
            min_self_retrieval: float, margin: float, min_overlap: float, dsn: str | None, as_json: bool) -> None:
     """Say, with evidence, whether PLAN's new vectors are ready to replace the old ones.
@@ -67,9 +70,11 @@ def verify(plan: str, queries_file: Path | None, sample: int, k: int, no_source:
       coverage        every row with text has a new vector (skipped rows listed with reasons)
       freshness       no vector was computed from text other than the row's current text/title
       sanity          planned dimension, finite, unit norm; no vector shared by different texts
-      outliers        no vector looks random next to the corpus (checked over ALL rows)
+      outliers        no vector looks random next to the corpus (checked over ALL rows), beyond
+                      what the original column shows on the same rows
       index           the new index exists, is valid, serves the retrieval operator and is used
-      ann_recall      recall@k of the index scan against an exact scan
+      ann_recall      recall@k of the index scan against an exact scan, and the original
+                      index's on the same queries and settings (the baseline)
       fidelity        sampled rows re-embedded now match their stored vectors
       self_retrieval  a query made from a sampled row's text finds that row
       agreement       old model vs new model top-k: overlap@k; recall@k and MRR side by side
@@ -80,7 +85,7 @@ def verify(plan: str, queries_file: Path | None, sample: int, k: int, no_source:
     """
     options = VerifyOptions(
         sample=sample, k=k, queries=read_queries(queries_file) if queries_file else None, no_source=no_source,
-        min_recall=min_recall, ef_search=ef_search, probes=probes, norm_tolerance=norm_tolerance,
+        min_recall=min_recall, recall_margin=recall_margin, ef_search=ef_search, probes=probes, norm_tolerance=norm_tolerance,
         max_duplicates=max_duplicates, max_pending=max_pending, outlier_sigmas=outlier_sigmas, max_outliers=max_outliers,
         fidelity_cosine=fidelity_cosine, min_fidelity=min_fidelity, min_self_retrieval=min_self_retrieval,
         margin=margin, min_overlap=min_overlap, progress=not as_json)

@@ -176,8 +176,10 @@ def run_verify(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanR
     target, source = _models(subject, options)
     try:
         query_vectors = model_checks.sample_query_vectors(target, sample)
+        # The same texts as the source model embeds them: the original index's recall, the baseline.
+        source_vectors = model_checks.sample_query_vectors(source, sample) if source is not None else None
         run(lambda: index_checks.index(conn, subject, options, sample))
-        run(lambda: index_checks.ann_recall(conn, subject, options, sample, query_vectors))
+        run(lambda: index_checks.ann_recall(conn, subject, options, sample, query_vectors, source_vectors))
         run(lambda: model_checks.fidelity(subject, options, sample, target))
         run(lambda: model_checks.self_retrieval(conn, subject, options, sample, target))
         run(lambda: agreement_check.agreement(conn, subject, options, sample, target, source))

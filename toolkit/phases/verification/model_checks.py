@@ -18,15 +18,15 @@ from toolkit.phases.verification.options import CheckResult, VerifyOptions
 from toolkit.phases.verification.subject import SampleRow, Subject, search
 
 
-def sample_query_vectors(target: Model, sample: list[SampleRow]) -> list[np.ndarray | None] | None:
-    """The target's query vectors of the sampled rows' text (cached for the checks after), or None
-    when the target cannot answer (the checks that need it then report why)."""
-    if not sample or not target.available:
+def sample_query_vectors(model: Model, sample: list[SampleRow]) -> list[np.ndarray | None] | None:
+    """A model's query vectors of the sampled rows' text (cached for the checks after), or None
+    when it cannot answer (the checks that need it then report why)."""
+    if not sample or not model.available:
         return None
     try:
-        return target.queries([query_from_text(r.text) for r in sample])
+        return model.queries([query_from_text(r.text) for r in sample])
     except ReembedError as exc:
-        target.fail(exc)
+        model.fail(exc)
         return None
 
 

@@ -33,6 +33,9 @@ class VerifyOptions:
     # cutover's catch-up take them). None: 0.1% of the rows, at least 20 (as the cutover gate).
     max_pending: int | None = None
     min_recall: float = 0.95
+    # ann_recall also passes at the original index's recall on the same queries and settings minus this:
+    # a corpus hard for any approximate index is not the migration's fault.
+    recall_margin: float = 0.02
     ef_search: int | None = None  # None: the session's hnsw.ef_search, i.e. what the application gets
     probes: int | None = None  # ivfflat.probes, likewise
     fidelity_cosine: float = 0.99  # a re-embedded row "matches" its stored vector at or above this cosine
@@ -52,7 +55,7 @@ class VerifyOptions:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise BadInput(f"--{name.replace('_', '-')} must be between 0 and 1, not {value}")
-        for name in ("norm_tolerance", "margin", "outlier_sigmas"):
+        for name in ("norm_tolerance", "margin", "recall_margin", "outlier_sigmas"):
             if getattr(self, name) < 0:
                 raise BadInput(f"--{name.replace('_', '-')} must not be negative")
         for name in ("max_duplicates", "max_outliers", "max_pending"):

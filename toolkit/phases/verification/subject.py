@@ -176,6 +176,7 @@ class SampleRow:
     text: str
     title: str | None
     vector: np.ndarray  # the stored new vector
+    old_vector: np.ndarray | None = None  # the row's vector in the original column, when it is there
 
 
 def sample_rows(conn: psycopg.Connection, subject: Subject, n: int, seed: str) -> list[SampleRow]:
@@ -191,12 +192,34 @@ def sample_rows(conn: psycopg.Connection, subject: Subject, n: int, seed: str) -
     query = template(
         "verify_sample", key=subject.key("t"), text=plan.text_expression("t"), title=plan.title_expression("t"),
         new=sql.Identifier("t", subject.new_column), table=subject.table, has_text=subject.has_text("t"),
+        old=_old_vector(subject), old_join=_old_join(subject),
         plan_id=sql.Literal(subject.record.id), ledger_key=key_json(plan, "t"), hash=plan.text_hash_expression("t"),
         seed=sql.Literal(seed), limit=sql.Literal(n))
     with conn.transaction():
         conn.execute("SET TRANSACTION READ ONLY")
         rows = conn.execute(query).fetchall()
-    return [SampleRow(key=r[0], text=r[1], title=r[2], vector=_as_array(r[3])) for r in rows]
+    return [SampleRow(key=r[0], text=r[1], title=r[2], vector=_as_array(r[3]),
+                      old_vector=_as_array(r[4]) if r[4] is not None else None) for r in rows]
+
+
+def _copied(subject: Subject) -> bool:
+    """The old vectors live in another table (a strategy that copies the table)."""
+    return subject.old_column is not None and subject.old_table != subject.new_table
+
+
+def _old_vector(subject: Subject) -> sql.Composable:
+    if subject.old_column is None:
+        return sql.SQL("NULL")
+    return sql.Identifier("o" if _copied(subject) else "t", subject.old_column)
+
+
+def _old_join(subject: Subject) -> sql.Composable:
+    """The original table joined by key, when the old vectors are not in the new vectors' table."""
+    if not _copied(subject):
+        return sql.SQL("")
+    same_key = sql.SQL(" AND ").join(sql.SQL("{} = {}").format(sql.Identifier("o", c), sql.Identifier("t", c))
+                                     for c in subject.plan.primary_key)
+    return sql.SQL("LEFT JOIN {} AS o ON {}").format(subject.old_table, same_key)
 
 
 def _as_array(value: Any) -> np.ndarray:

@@ -126,6 +126,11 @@ def sanity(conn: psycopg.Connection, subject: Subject, options: VerifyOptions) -
                         "max_duplicates": options.max_duplicates, "duplicate_groups": duplicates})
 
 
+# A new vector lies beyond the original column's tail when it is further below its median (in
+# MADs) than the original's lowest 1% lie below theirs, less one: and never closer than this.
+OUTLIER_Z_FLOOR = -4.0
+
+
 def outliers(conn: psycopg.Connection, subject: Subject, options: VerifyOptions) -> CheckResult:
     """Vectors that look like noise next to the rest of the corpus.
 
@@ -133,23 +138,64 @@ def outliers(conn: psycopg.Connection, subject: Subject, options: VerifyOptions)
     vectors all lean toward their common direction (real models: cosine 0.3-0.8 to the centroid).
     A row below `outlier_sigmas`/sqrt(dims) is indistinguishable from a random vector. The whole
     corpus sitting near zero means the column as a whole looks like noise.
+
+    Short, loosely related texts lean less, and a clean migration's lowest rows can dip below that
+    band: the corpus, not the migration. The original column, measured the same way, is the
+    baseline: a new vector counts as an outlier when it is below the band and also further below
+    its column's median than the original's own low tail reaches (each in units of its column's
+    spread). Where the original column is gone or itself looks like noise, the band alone judges.
     """
     if options.outlier_sigmas == 0:
         return CheckResult("outliers", True, None, "disabled", "disabled (--outlier-sigmas 0)", {})
     band = options.outlier_sigmas / math.sqrt(subject.plan.dimensions)
-    parts = {**_parts(subject), "band": sql.Literal(band)}
-    count, median, lowest, examples = _read(conn, template("verify_outliers", **parts))[0]
-    evidence = {"band": round(band, 4), "median_cosine_to_centroid": median, "min_cosine_to_centroid": lowest,
-                "examples": examples or []}
+    old_band = options.outlier_sigmas / math.sqrt(subject.old_dimensions or subject.plan.dimensions)
+    old = sql.Identifier("o", subject.old_column) if subject.old_column else sql.SQL("NULL")
+    parts = {**_parts(subject), "band": sql.Literal(band), "old": old, "old_table": subject.old_table,
+             "z_floor_min": sql.Literal(OUTLIER_Z_FLOOR)}
+    below, beyond, below_examples, beyond_examples, z_floor, dist = _read(conn, template("verify_outliers", **parts))[0]
+    dist = dist or {}
+    median, lowest = dist.get("new_median"), dist.get("new_min")
+    old_median = dist.get("old_median")
+    evidence: dict[str, Any] = {
+        "band": round(band, 4), "median_cosine_to_centroid": median, "min_cosine_to_centroid": lowest,
+        "spread": dist.get("new_spread"), "below_band": below, "examples": below_examples or [],
+        "original": {"column": subject.old_column, "band": round(old_band, 4), "median_cosine_to_centroid": old_median,
+                     "min_cosine_to_centroid": dist.get("old_min"), "p01_cosine_to_centroid": dist.get("old_p01"),
+                     "spread": dist.get("old_spread")}}
     if median is None:
         return CheckResult("outliers", True, 0, options.max_outliers, "no vectors to judge", evidence)
-    if median < 2 * band:
+    if old_median is None:
+        baseline = "none: the original column is gone; the band alone judges"
+    elif old_median < 2 * old_band:
+        baseline = (f"none: the original column itself looks like noise (median cosine {old_median:.3f}); "
+                    "the band alone judges")
+    else:
+        baseline = (f"original column {subject.old_column} (median cosine {old_median:.3f}; its lowest 1% lie "
+                    f"{-(z_floor + 1):.1f} spreads below it: the floor is {z_floor:.1f})")
+    with_baseline = baseline.startswith("original")
+    # A random column's median sits within one band of zero. Without a baseline, twice that is
+    # required; with one, a column that leans less than the original (loosely related texts) is
+    # judged row by row against the original's tail instead.
+    lean = 1 if with_baseline else 2
+    if median < lean * band:
         return CheckResult(
-            "outliers", False, count, options.max_outliers,
+            "outliers", False, below, options.max_outliers,
             f"the new vectors as a whole look like noise: median cosine to their centroid {median:.3f} is within "
-            f"2x the random band {band:.3f} (an isotropic model? pass --outlier-sigmas 0 to skip)", evidence)
-    summary = (f"{count} vectors look random (cosine to the corpus centroid below {band:.3f}; median {median:.3f}), "
-               f"e.g. {', '.join((examples or [])[:3])}" if count else
-               f"every vector leans toward the corpus centroid (min cosine {lowest:.3f}, median {median:.3f}, "
-               f"random band {band:.3f})")
+            f"{lean}x the random band {band:.3f} (an isotropic model? pass --outlier-sigmas 0 to skip); "
+            f"baseline: {baseline}", evidence)
+    count = beyond if with_baseline else below
+    examples = (beyond_examples if with_baseline else below_examples) or []
+    evidence.update({"baseline": baseline, "z_floor": z_floor if with_baseline else None,
+                     "beyond_baseline": beyond if with_baseline else None, "outlier_examples": examples})
+    if count:
+        summary = (f"{count} vectors look random (cosine to the corpus centroid below {band:.3f}; median {median:.3f}"
+                   + (", and beyond the original column's own tail" if with_baseline else "")
+                   + f"), e.g. {', '.join(examples[:3])}")
+    else:
+        summary = (f"every vector leans toward the corpus centroid (min cosine {lowest:.3f}, median {median:.3f}, "
+                   f"random band {band:.3f})")
+        if below:
+            summary = (f"{below} vectors below the random band {band:.3f} (min {lowest:.3f}, median {median:.3f}), "
+                       "none beyond the original column's own tail: the corpus, not the migration")
+    summary += f"; baseline: {baseline}"
     return CheckResult("outliers", count <= options.max_outliers, count, options.max_outliers, summary, evidence)
