@@ -66,4 +66,4 @@ def provider_env(monkeypatch: pytest.MonkeyPatch, gemini_emulator: EmulatorServe
 
 @pytest.fixture
 def provider_settings(provider_env: dict[str, str]) -> ProviderSettings:
-    return ProviderSettings.from_env(timeout=5.0, max_attempts=3)
+    return ProviderSettings.from_env(timeout=60.0, max_attempts=3)

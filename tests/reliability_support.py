@@ -80,7 +80,7 @@ def ledger(conn: psycopg.Connection, plan_name: str | None = None) -> dict[str, 
     return dict(zip(keys, (int(v) for v in row)))
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, step: float = 0.02, what: str = "condition") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 600.0, step: float = 0.02, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -122,7 +122,7 @@ def reembed_process(*args: str, cwd: Path | None = None, env_extra: dict[str, st
 def kill_9(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
+    proc.communicate(timeout=600)
 
 
 def backend_pids(conn: psycopg.Connection, application_name: str = "reembed") -> list[int]:
@@ -177,7 +177,7 @@ class AppLoad:
              "--stop-file", str(stop_file)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for(lambda: self.out.with_suffix(".ready").exists() or self.proc.poll() is not None,  # type: ignore[union-attr]
-                 timeout=60, what="the application to start")
+                 timeout=600, what="the application to start")
         assert self.proc.poll() is None, self.proc.communicate()
         return self
 
@@ -185,7 +185,7 @@ class AppLoad:
         assert self.proc is not None
         self.out.with_suffix(".stop").touch()
         try:
-            _, err = self.proc.communicate(timeout=60)
+            _, err = self.proc.communicate(timeout=600)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             _, err = self.proc.communicate()

@@ -31,7 +31,7 @@ def jobs(conn):  # type: ignore[no-untyped-def]
                         "FROM reembed.batch_jobs ORDER BY id").fetchall()
 
 
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float = 600.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -106,7 +106,7 @@ def test_a_text_changed_while_its_job_ran_ends_re_embedded(conn, run_cli, gemini
                  .fetchone()[0] == 1, what="the job to be submitted")
         conn.execute("UPDATE docs SET content = 'rewritten while the job ran ' || id WHERE id IN (3, 150)")
         conn.execute("UPDATE docs SET title = 'a new title' WHERE id = 77")
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -130,7 +130,7 @@ def test_kill_9_after_the_first_job_was_submitted_then_resume_submits_nothing_tw
     try:
         wait_for(lambda: gemini.stats.batch_jobs >= 1, what="the first job to be created")
         os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=30)
+        proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -141,7 +141,7 @@ def test_kill_9_after_the_first_job_was_submitted_then_resume_submits_nothing_tw
     gemini.configure(batch_pending_seconds=0.0)
     resumed = reembed_subprocess("run", name, "--batch-api", "--batch-job-rows", str(job_rows), *FAST, "--json",
                                  cwd=tmp_path)
-    out, err = resumed.communicate(timeout=300)
+    out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     assert gemini.stats.batch_jobs == 5  # each job created once, across the crash
     names = [n for _, n, *_ in jobs(conn)]
@@ -161,7 +161,7 @@ def test_a_job_created_before_its_name_was_recorded_is_found_not_created_again(c
         wait_for(lambda: conn.execute("SELECT count(job_name) FROM reembed.batch_jobs").fetchone()[0] == 1,
                  what="the job to be recorded")
         os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=30)
+        proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()

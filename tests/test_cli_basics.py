@@ -19,7 +19,7 @@ def test_help_lists_the_lifecycle_commands() -> None:
 
 
 def test_python_dash_m_toolkit_works() -> None:
-    proc = subprocess.run([sys.executable, "-m", "toolkit", "--version"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "--version"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "reembed" in proc.stdout
 

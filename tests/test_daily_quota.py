@@ -94,7 +94,7 @@ def test_the_run_stops_cleanly_on_the_daily_quota_and_the_next_day_finishes(conn
         proc = reembed_subprocess(*args, cwd=tmp_path)
     else:
         proc = reembed_subprocess(*args, "--rpd", "200", cwd=tmp_path)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err
     assert "resets at midnight Pacific time, in" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1  # one line
@@ -105,7 +105,7 @@ def test_the_run_stops_cleanly_on_the_daily_quota_and_the_next_day_finishes(conn
         assert gemini.stats.texts <= 200
     gemini.reset()  # a new quota day
     again = reembed_subprocess("run", name, "--no-progress", "--json", cwd=tmp_path)
-    out, err = again.communicate(timeout=120)
+    out, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
     assert json.loads(out)["rows_written"] == 450 - done
     assert mismatches(conn, shadow_column(conn, name)) == []

@@ -125,17 +125,17 @@ def test_emulator_command_serves_in_the_foreground_until_interrupted(api: str) -
         if api == "ollama":
             request = urllib.request.Request(f"{url}/api/embed", data=json.dumps(
                 {"model": "nomic-embed-text", "input": ["hello"]}).encode(), headers={"Content-Type": "application/json"})
-            body = json.load(urllib.request.urlopen(request, timeout=10))
+            body = json.load(urllib.request.urlopen(request, timeout=120))
             assert len(body["embeddings"][0]) == 768
         else:
             request = urllib.request.Request(
                 f"{url}/v1beta/models/gemini-embedding-001:embedContent",
                 data=json.dumps({"content": {"parts": [{"text": "hello"}]}, "outputDimensionality": 768}).encode(),
                 headers={"Content-Type": "application/json", "x-goog-api-key": "anything"})
-            body = json.load(urllib.request.urlopen(request, timeout=10))
+            body = json.load(urllib.request.urlopen(request, timeout=120))
             assert len(body["embedding"]["values"]) == 768
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=10)
+        _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
         assert "1 embedding requests" in err
     finally:

@@ -15,7 +15,7 @@ def _reembed(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REEMBED_TEST_DSN")}
     env["REEMBED_DATA_DIR"] = str(data_dir)
     return subprocess.run([sys.executable, "-m", "toolkit", *args], capture_output=True, text=True, env=env,
-                          timeout=120)
+                          timeout=600)
 
 
 @pytest.fixture()
@@ -48,7 +48,7 @@ def test_unreachable_database_exits_3_without_the_password(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     dsn = "postgresql://app:Sup3rSecretPw@127.0.0.1:1/appdb"
     proc = subprocess.run([sys.executable, "-m", "toolkit", "inspect", "docs", "--dsn", dsn],
-                          capture_output=True, text=True, env=env, timeout=60)
+                          capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 3
     assert "Sup3rSecretPw" not in proc.stdout + proc.stderr
     assert proc.stderr.startswith("reembed: error: cannot connect to postgresql://app:***@127.0.0.1:1/appdb")

@@ -55,7 +55,7 @@ def state(job) -> str:
 ENDED = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 
 
-def wait_done(client, name, timeout=30.0):
+def wait_done(client, name, timeout=600.0):
     deadline = time.monotonic() + timeout
     while True:
         job = client.batches.get(name=name)

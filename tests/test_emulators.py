@@ -15,7 +15,7 @@ from toolkit.emulators import expected_vector, start_gemini, start_ollama
 from toolkit.emulators.vectors import gemini_values
 
 HEADERS = {"x-goog-api-key": TEST_API_KEY}
-HTTP = httpx.Client(timeout=10)  # one client: building one per call costs ~0.1 s (TLS setup)
+HTTP = httpx.Client(timeout=120)  # one client: building one per call costs ~0.1 s (TLS setup)
 
 
 def gemini_batch(base: str, texts: list, model: str = "gemini-embedding-001", version: str = "v1",
@@ -158,7 +158,7 @@ def test_the_command_line_serves_until_killed():
         assert HTTP.get(f"{base}/api/version").status_code == 200
     finally:
         process.terminate()
-        assert process.wait(timeout=10) == 0
+        assert process.wait(timeout=600) == 0
 
 
 # -- expected_vector ----------------------------------------------------------------------------------

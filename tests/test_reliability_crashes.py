@@ -44,7 +44,7 @@ def _kill_run_repeatedly(conn, run_cli, gemini, tmp_path, *, rows: int, kills: i
             if target == done:
                 time.sleep(rng.uniform(0.0, 2.0))  # somewhere in start-up, prepare or the first batches
             else:
-                wait_for(lambda: proc.poll() is not None or ledger(conn, name)["done"] >= target, timeout=120,
+                wait_for(lambda: proc.poll() is not None or ledger(conn, name)["done"] >= target, timeout=600,
                          what=f"{target} rows done")
                 time.sleep(rng.uniform(0.0, 0.05))
             assert proc.poll() is None, f"run ended before kill {k + 1}: {proc.communicate()}"
@@ -94,13 +94,13 @@ def test_kill_9_during_index_leaves_an_invalid_index_that_the_next_index_rebuild
         wait_for(lambda: proc.poll() is not None or conn.execute(
             "SELECT count(*) FROM pg_stat_progress_create_index p JOIN pg_stat_activity a USING (pid) "
             "WHERE a.application_name = 'reembed' AND p.phase LIKE 'building index%'").fetchone()[0],
-            timeout=120, what="the index build")
+            timeout=600, what="the index build")
         assert proc.poll() is None, proc.communicate()
     finally:
         kill_9(proc)
     wait_for(lambda: not conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'reembed' AND datname = current_database() "
-        "AND pid <> pg_backend_pid()").fetchone()[0], timeout=30, what="the orphaned backend to end")
+        "AND pid <> pg_backend_pid()").fetchone()[0], timeout=600, what="the orphaned backend to end")
     assert _index_state(conn) == (False, True) or _index_state(conn) == (False, False), _index_state(conn)
     assert plan_row(conn)[0] == "backfilled"
     result = run_cli("index", PLAN, "--json", "--no-progress")
@@ -153,7 +153,7 @@ def test_kill_9_during_cutover_leaves_the_table_fully_before(conn, run_cli, gemi
         wait_for(lambda: proc.poll() is not None or conn.execute(
             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE NOT l.granted "
             "AND l.relation = 'docs'::regclass AND a.application_name = 'reembed'").fetchone()[0],
-            timeout=60, what="cutover to wait for the lock")
+            timeout=600, what="cutover to wait for the lock")
         assert proc.poll() is None, proc.communicate()
     finally:
         kill_9(proc)
@@ -174,7 +174,7 @@ def test_kill_9_during_cutover_leaves_the_table_fully_before(conn, run_cli, gemi
         wait_for(lambda: proc.poll() is not None or conn.execute(
             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE NOT l.granted "
             "AND l.relation = 'reembed.swaps'::regclass AND a.application_name = 'reembed'").fetchone()[0],
-            timeout=60, what="the swap to be mid-transaction")
+            timeout=600, what="the swap to be mid-transaction")
         assert proc.poll() is None, proc.communicate()
         # Mid-swap, inside the transaction: the renames are done but invisible to everyone else.
         assert "embedding" in columns(conn) and shadow in columns(conn)
@@ -192,7 +192,7 @@ def test_kill_9_during_cutover_leaves_the_table_fully_before(conn, run_cli, gemi
     reader_waits["during the killed swap"] = waited[0]
     wait_for(lambda: not conn.execute(
         "SELECT count(*) FROM pg_locks l WHERE l.relation = 'docs'::regclass AND l.mode = 'AccessExclusiveLock'"
-    ).fetchone()[0], timeout=30, what="the killed swap's lock to go")
+    ).fetchone()[0], timeout=600, what="the killed swap's lock to go")
     _before(conn, shadow, old)
 
     # Nothing half-done and the verification still describes the state: cutover goes through.

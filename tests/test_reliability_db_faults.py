@@ -28,7 +28,7 @@ def _start_run(name: str, tmp_path: Path, env_extra: dict[str, str] | None = Non
                            cwd=tmp_path, env_extra=env_extra)
 
 
-def _finish(proc, timeout: float = 120) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+def _finish(proc, timeout: float = 600) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
     try:
         out, err = proc.communicate(timeout=timeout)
     except Exception:

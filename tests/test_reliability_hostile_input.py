@@ -153,7 +153,7 @@ def test_two_plans_on_one_column_at_once_one_is_refused(conn, run_cli, tmp_path)
     create_docs(conn, 50, index="hnsw")
     procs = [reembed_process("plan", "docs", "--column", "embedding", "--text", "content", "--offline", "--name",
                              f"race{i}", "-o", f"race{i}.toml", cwd=tmp_path) for i in range(2)]
-    results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 2], results
     loser = next(err for code, _, err in results if code == 2)

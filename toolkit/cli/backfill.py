@@ -145,7 +145,8 @@ def bench(rows: int, small_rows: int, hnsw_m: int, quota: int, quota_rows: int |
     """Measure `reembed run` here, in a scratch database (dropped afterwards) against the local Gemini
     emulator: (a) rows/s with an HNSW index on the original column, page-striped vs primary-key
     order vs no index, with the HOT share; (b) texts/min achieved under a quota, and 429s;
-    (c) peak memory of the run process at two table sizes."""
+    (c) peak memory of the run process at two table sizes; (d) how long cutover and rollback hold
+    the table's lock."""
     from toolkit.bench import BenchOptions, render
     from toolkit.bench import bench as run_bench
     from toolkit.errors import BadInput

@@ -4,7 +4,8 @@ Shaped like the other phases: `check` refuses before reading anything heavy (not
 verify yet, or a final phase); `run_verify` runs every check, stores the verdict with a
 fingerprint of the state it judged (`state_token`), and moves the plan to `verified` when all
 pass. There is no inverse: verify changes nothing in the user's table. `verification_gate` is
-what cutover asks: did the latest verification pass, and is the state still the one it judged?
+what cutover asks: did the latest verification pass, and is the state still the one it judged,
+or changed only as much as the application's write rate, measured while verify ran, explains?
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class VerifyResult:
     at: datetime
     phase: str  # the plan's phase after verify
     options: dict[str, Any]
-    state_changed: bool = False  # rows or the index changed while verify ran: the gate will want another
+    state_changed: bool = False  # rows or the index changed while verify ran (see live_writes)
     live_writes: dict[str, Any] = field(default_factory=dict)  # what the application changed while verify ran
 
     @property
@@ -231,7 +232,8 @@ def _record(conn: psycopg.Connection, plan: Plan, record: PlanRecord, checks: li
     passed = all(c.passed for c in checks)
     token = _token_of(snapshot)
     # The verdict is stored against the state seen when verify started: if rows changed while it
-    # ran, the token no longer matches and cutover's gate asks for another verify.
+    # ran, the token no longer matches and cutover's gate counts the changes since that start
+    # against the write rate measured meanwhile (verification_gate); an index change voids it.
     result = json.loads(scrub(json.dumps({"passed": passed, "checks": [c.to_json() for c in checks],
                                           "state": snapshot, "state_changed_during_verify": changed,
                                           "live_writes": writes.to_json(), "options": options.public()},
