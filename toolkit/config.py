@@ -67,14 +67,49 @@ def dsn_password(dsn: str) -> str | None:
         return match.group("pw") if match else None
 
 
+# The variables with which a psql user names a server. Any of them set means the user has one:
+# libpq then resolves it exactly as psql would (service file, ~/.pgpass included).
+LIBPQ_TARGET_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGSERVICE")
+LIBPQ_DEFAULTS = ""  # the empty conninfo: every parameter from the PG* variables and libpq's defaults
+
+
+def libpq_target_vars() -> list[str]:
+    return [name for name in LIBPQ_TARGET_VARS if os.environ.get(name)]
+
+
 def resolve_dsn(flag_value: str | None) -> str | None:
-    """--dsn wins over DATABASE_URL; None means: use the embedded PostgreSQL. A DSN that cannot
-    name a server (malformed, a port that is no TCP port) is bad input, refused before connecting."""
+    """--dsn, else DATABASE_URL, else the PG* variables (LIBPQ_DEFAULTS); None: the embedded PostgreSQL.
+
+    A DSN that leaves parts out (`service=app`, `postgresql:///rag`) is completed by libpq from the
+    PG* variables, the service file and ~/.pgpass, as psql completes it."""
     dsn = flag_value or os.environ.get("DATABASE_URL") or None
     if dsn:
         register_secret(dsn_password(dsn))
         check_dsn(dsn)
-    return dsn
+        return dsn
+    return LIBPQ_DEFAULTS if libpq_target_vars() else None
+
+
+def describe_target(host: str | None, port: int | str | None, dbname: str | None) -> str:
+    """`host:port/dbname`, the form every command names its database in (never a password)."""
+    return f"{host or 'localhost'}:{port or 5432}/{dbname or ''}"
+
+
+def conninfo_target(conninfo: str) -> str:
+    """`host:port/dbname` that libpq will try for conninfo, before connecting (PG* variables applied)."""
+    from psycopg import pq
+
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return redact_dsn(conninfo)
+    if "service" in given or os.environ.get("PGSERVICE"):
+        service = given.get("service") or os.environ.get("PGSERVICE")
+        return f"service {service}"
+    defaults = {o.keyword.decode(): o.val.decode() for o in pq.Conninfo.get_defaults() if o.val is not None}
+    merged = {**defaults, **{k: str(v) for k, v in given.items() if v is not None}}
+    return describe_target(merged.get("host") or merged.get("hostaddr"), merged.get("port"),
+                           merged.get("dbname") or merged.get("user"))
 
 
 def check_dsn(dsn: str) -> None:

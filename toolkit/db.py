@@ -1,4 +1,5 @@
-"""Connections: psycopg 3 with pgvector registered, to --dsn/DATABASE_URL or the embedded server."""
+"""Connections: psycopg 3 with pgvector registered, to --dsn/DATABASE_URL, the PG* variables, or the
+embedded server."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from toolkit import embedded
-from toolkit.config import redact_dsn, resolve_dsn, scrub
+from toolkit.config import conninfo_target, describe_target, register_secret, resolve_dsn, scrub
 from toolkit.errors import Unreachable
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ APPLICATION_NAME = "reembed"
 
 @dataclass(frozen=True)
 class Database:
-    """Where to connect. `dsn` None means the embedded PostgreSQL."""
+    """Where to connect. `dsn` None means the embedded PostgreSQL; "" libpq's own resolution (PG*)."""
 
     dsn: str | None = None
 
@@ -35,7 +36,8 @@ class Database:
         return self.dsn if self.dsn is not None else embedded.url()
 
     def describe(self) -> str:
-        return "embedded PostgreSQL" if self.dsn is None else redact_dsn(self.dsn)
+        """Where it will connect, for messages: `host:port/dbname` (never the password)."""
+        return "embedded PostgreSQL" if self.dsn is None else conninfo_target(self.dsn)
 
     def connect(self, *, autocommit: bool = True, application_name: str = APPLICATION_NAME) -> psycopg.Connection:
         """A new connection with pgvector's types registered (the extension is created if missing)."""
@@ -44,6 +46,8 @@ class Database:
                                    connect_timeout=10)
         except psycopg.OperationalError as exc:
             raise Unreachable(f"cannot connect to {self.describe()}: {scrub(str(exc)).strip().splitlines()[0]}") from None
+        # A password libpq read from a service file or ~/.pgpass is as secret as one in the DSN.
+        register_secret(conn.info.password)
         try:
             ensure_vector_extension(conn)
             register_vector(conn)
@@ -51,6 +55,11 @@ class Database:
             conn.close()
             raise
         return conn
+
+
+def connected_target(conn: psycopg.Connection) -> str:
+    """`host:port/dbname` of an open connection, as libpq resolved it."""
+    return describe_target(conn.info.host, conn.info.port, conn.info.dbname)
 
 
 def ensure_vector_extension(conn: psycopg.Connection) -> None:

@@ -105,7 +105,7 @@ def _summary_text(s: RunSummary) -> str:
 def status(plan_ref: str | None, dsn: str | None, as_json: bool) -> None:
     """Progress of PLAN (or of every live plan): phase, rows embedded / pending / skipped, leases
     held and by how many processes, rows embedded more than once, the last event."""
-    with connected(dsn) as (_, conn):
+    with connected(dsn, changes=False) as (_, conn):
         reports = plan_status(conn, plan_ref)
     if as_json:
         echo_json(reports[0] if plan_ref else reports)

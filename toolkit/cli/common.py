@@ -13,7 +13,7 @@ import psycopg
 
 from toolkit import __version__
 from toolkit.config import configure_logging, register_environment_secrets, scrub
-from toolkit.db import Database
+from toolkit.db import Database, connected_target
 from toolkit.errors import ReembedError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,8 +32,10 @@ def cli(verbose: bool) -> None:
       inspect -> plan -> run -> index -> verify -> cutover -> cleanup
                                                     \\-> rollback (until cleanup)
 
-    With no --dsn and no DATABASE_URL, an embedded PostgreSQL 18 + pgvector is used
-    (see `reembed db`). Exit codes: 0 ok, 1 a gate or precondition failed, 2 bad input,
+    The database: --dsn, else DATABASE_URL, else the PG* variables (PGHOST, PGPORT,
+    PGUSER, PGDATABASE, PGSERVICE, ...), resolved as psql resolves them (service file and
+    ~/.pgpass included); with none of them, an embedded PostgreSQL 18 + pgvector
+    (see `reembed db`). Commands that change something first name it on stderr. Exit codes: 0 ok, 1 a gate or precondition failed, 2 bad input,
     3 database or provider unreachable.
     """
     register_environment_secrets()
@@ -43,7 +45,8 @@ def cli(verbose: bool) -> None:
 def dsn_option(func: F) -> F:
     return click.option(
         "--dsn", envvar="DATABASE_URL", show_envvar=True, metavar="DSN",
-        help="PostgreSQL connection string. Default: the embedded PostgreSQL.")(func)  # type: ignore[return-value]
+        help="PostgreSQL connection string (URL, key=value or service=NAME). Default: the PG* "
+             "variables as for psql, else the embedded PostgreSQL.")(func)  # type: ignore[return-value]
 
 
 def json_option(func: F) -> F:
@@ -82,13 +85,18 @@ def handle_errors(func: F) -> F:
 
 
 @contextmanager
-def connected(dsn: str | None, *, schema: bool = True) -> Iterator[tuple[Database, psycopg.Connection]]:
-    """A connection (autocommit) with reembed's own schema applied when `schema`."""
+def connected(dsn: str | None, *, schema: bool = True,
+              changes: bool = True) -> Iterator[tuple[Database, psycopg.Connection]]:
+    """A connection (autocommit) with reembed's own schema applied when `schema`. A command that
+    `changes` something names the server and database first (stderr), as libpq resolved them."""
     from toolkit.migrations import ensure_schema
 
     db = Database.from_flag(dsn)
     conn = db.connect()
     try:
+        if changes:
+            click.echo(f"reembed: acting on {connected_target(conn)}"
+                       + (" (the embedded PostgreSQL)" if db.is_embedded else ""), err=True)
         if schema:
             ensure_schema(conn, db.conninfo())
         yield db, conn

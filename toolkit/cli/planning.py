@@ -22,7 +22,7 @@ def inspect(table: str, dsn: str | None, as_json: bool) -> None:
     """Describe TABLE (`schema.table` or `table`): key, vector and text columns, vector indexes,
     sizes, what binds to the vector columns, the application's triggers and the publications
     that carry the table. Read-only."""
-    with connected(dsn, schema=False) as (_, conn):
+    with connected(dsn, schema=False, changes=False) as (_, conn):
         found = inspection(conn, table)
     echo_json(found.to_json()) if as_json else click.echo(render.inspect_report(found.info, found.surroundings))
 
@@ -85,7 +85,7 @@ def plan(table: str, column: str, text_columns: list[str], title_column: str | N
 @handle_errors
 def plans(dsn: str | None, as_json: bool) -> None:
     """List the plans registered in this database with their phase."""
-    with connected(dsn) as (_, conn):
+    with connected(dsn, changes=False) as (_, conn):
         records = list_plans(conn)
     rows = [{"name": r.name, "table": f"{r.table_schema}.{r.table_name}", "column": r.column_name,
              "target": r.target_model, "phase": r.phase, "updated_at": r.updated_at} for r in records]

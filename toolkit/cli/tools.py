@@ -35,7 +35,7 @@ def embed_query(text: str, plan_ref: str | None, source: bool, dsn: str | None) 
     """
     from toolkit.query import embed_query_for_plan, vector_literal
 
-    with connected(dsn) as (_, conn):
+    with connected(dsn, changes=False) as (_, conn):
         vector = embed_query_for_plan(conn, text, plan_ref=plan_ref, source=source)
     click.echo(vector_literal(vector))
 
