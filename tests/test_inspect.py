@@ -7,6 +7,7 @@ import json
 import psycopg
 import pytest
 
+from cli_support import error_lines
 from tables import create_docs
 
 
@@ -103,7 +104,7 @@ def test_missing_table_and_non_table(conn: psycopg.Connection, run_cli) -> None:
     conn.execute("CREATE VIEW tv AS SELECT * FROM t")
     missing = run_cli("inspect", "nope")
     assert missing.exit_code == 2
-    assert missing.stderr.strip() == "reembed: error: table nope does not exist"
+    assert error_lines(missing.stderr) == ["reembed: error: table nope does not exist"]
     view = run_cli("inspect", "tv")
     assert view.exit_code == 2
     assert "is not a table" in view.stderr

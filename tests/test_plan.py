@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from cli_support import error_lines
 from tables import create_docs
 from toolkit.plan import read_plan_file
 
@@ -115,7 +116,7 @@ def test_bad_input_exits_2_and_changes_nothing(conn: psycopg.Connection, run_cli
     result = run_cli("plan", *args, "--offline")
     assert result.exit_code == 2, (result.stdout, result.stderr)
     assert message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert len(error_lines(result.stderr)) == 1
     assert _snapshot(conn) == before
 
 

@@ -18,6 +18,7 @@ import pytest
 from psycopg import sql
 
 from backfill_support import gemini  # noqa: F401 (fixture)
+from cli_support import error_lines
 from reliability_support import assert_nothing_lost, record
 from tables import create_docs, passage
 
@@ -114,7 +115,7 @@ def test_a_role_that_does_not_own_the_table_is_refused_in_one_line_and_nothing_c
     result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--name", "p1", "--offline")
     assert result.exit_code == 2
     assert f"ownership of table public.docs, owned by {migrator}" in result.stderr \
-        and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        and len(error_lines(result.stderr)) == 1, result.stderr
     assert conn.execute("SELECT count(*) FROM reembed.plans").fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attnum > 0 "
                         "AND NOT attisdropped").fetchone()[0] == columns

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_support import error_lines
 from tables import passage
 from toolkit.phases.verify import state_token, verification_gate
 from toolkit.plan import load
@@ -89,7 +90,7 @@ def test_bad_input_exits_two_and_unprepared_plan_exits_one(conn, run_cli, tmp_pa
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "ok"}\n{"relevant": [1]}\n')
     result = run_cli("verify", PLAN, "--queries", str(bad))
-    assert result.exit_code == 2 and f"{bad}:2" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert result.exit_code == 2 and f"{bad}:2" in result.stderr and len(error_lines(result.stderr)) == 1
     assert run_cli("verify", PLAN, "--k", "0").exit_code == 2
     result = run_cli("verify", PLAN)
     assert result.exit_code == 1 and "only planned" in result.stderr
