@@ -56,7 +56,7 @@ def test_plan_writes_a_reviewable_file_with_an_estimate(conn: psycopg.Connection
     assert plans == [("docs-embedding-gemini_embedding_001",)]
     assert read_plan_file(path).name == "docs-embedding-gemini_embedding_001"
     listed = json.loads(run_cli("plans", "--json").stdout)
-    assert listed[0]["phase"] == "planned"
+    assert listed["plans"][0]["phase"] == "planned"
 
 
 def test_plan_json_and_sql(conn: psycopg.Connection, run_cli) -> None:  # type: ignore[no-untyped-def]
@@ -66,8 +66,8 @@ def test_plan_json_and_sql(conn: psycopg.Connection, run_cli) -> None:  # type: 
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["file"] == "p1.toml"
-    assert data["plan"]["text"]["columns"] == ["content", "title"]
-    assert data["plan"]["estimate"]["rpm"] == 1000
+    assert data["spec"]["text"]["columns"] == ["content", "title"]
+    assert data["spec"]["estimate"]["rpm"] == 1000
 
 
 def test_plan_sql_shows_prepare_ddl(conn: psycopg.Connection, run_cli) -> None:  # type: ignore[no-untyped-def]

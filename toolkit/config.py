@@ -134,13 +134,14 @@ class SecretScrubbingFilter(logging.Filter):
         return True
 
 
-def configure_logging(verbose: bool) -> None:
+def configure_logging(verbosity: int | bool) -> None:
+    """0: warnings only; 1 (-v): reembed's own log lines too; 2 (-vv): every library's debug output
+    (httpx, httpcore, google-genai, ollama, psycopg). Secrets are scrubbed from every record."""
     handler = logging.StreamHandler()
     handler.addFilter(SecretScrubbingFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    if not verbose:
-        # httpx logs every request URL at INFO; keep the terminal for our own messages.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    level = int(verbosity)
+    root.setLevel(logging.DEBUG if level >= 2 else logging.WARNING)
+    logging.getLogger("toolkit").setLevel(logging.DEBUG if level >= 1 else logging.NOTSET)

@@ -48,6 +48,7 @@ class Database:
             raise Unreachable(f"cannot connect to {self.describe()}: {scrub(str(exc)).strip().splitlines()[0]}") from None
         # A password libpq read from a service file or ~/.pgpass is as secret as one in the DSN.
         register_secret(conn.info.password)
+        log.debug("connected to %s as %s (server %s)", connected_target(conn), conn.info.user, conn.info.server_version)
         try:
             ensure_vector_extension(conn)
             register_vector(conn)

@@ -6,6 +6,7 @@ import click
 
 from toolkit import render
 from toolkit.cli.common import cli, connected, dsn_option, echo_json, handle_errors, json_option
+from toolkit.cli.options import POSITIVE_INT, concurrency_option, provider_options, quota_options
 from toolkit.phases.backfill import DEFAULT_BATCH_SIZE, DEFAULT_LEASE_SECONDS, RunOptions, RunSummary, rollback_fill
 from toolkit.phases.backfill import run as run_backfill
 from toolkit.errors import BadInput
@@ -15,18 +16,18 @@ from toolkit.providers.models import BATCH_JOB_ROWS
 
 @cli.command()
 @click.argument("plan_ref", metavar="PLAN")
-@click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Rows per claim, per provider request and per write transaction (Gemini takes at most 100).")
-@click.option("--concurrency", type=int, default=4, show_default=True,
-              help="Provider requests in flight per process (one shared rate limiter).")
-@click.option("--workers", type=int, default=1, show_default=True,
+@concurrency_option
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Local worker processes, each with its own connection; quotas are split between them.")
-@click.option("--rpm", type=int, help="Provider quota in texts per minute (default: adapt to 429s).")
-@click.option("--tpm", type=int, help="Provider quota in tokens per minute (default: adapt to 429s).")
-@click.option("--rpd", type=int, help="Provider quota in texts per day, counted from midnight Pacific time (when "
-                                      "Gemini's daily quotas reset): the run stops there, saying when it resets.")
-@click.option("--max-rows-per-second", type=float, help="Throttle writes to the table (all workers together).")
-@click.option("--lease-seconds", type=float, default=DEFAULT_LEASE_SECONDS, show_default=True,
+@quota_options
+@click.option("--rpd", type=POSITIVE_INT, envvar="REEMBED_RPD", show_envvar=True,
+              help="Provider quota in texts per day, counted from midnight Pacific time (when Gemini's daily "
+                   "quotas reset): the run stops there, saying when it resets.")
+@click.option("--max-rows-per-second", type=click.FloatRange(min=0, min_open=True),
+              help="Throttle writes to the table (all workers together).")
+@click.option("--lease-seconds", type=click.FloatRange(min=1), default=DEFAULT_LEASE_SECONDS, show_default=True,
               help="How long a claimed batch stays reserved; a crashed holder's rows are taken over after it.")
 @click.option("--rollback-fill", "fill_old", is_flag=True,
               help="Instead: give rows that have no vector of the SOURCE model one (into the old-model column), "
@@ -35,13 +36,14 @@ from toolkit.providers.models import BATCH_JOB_ROWS
               help="Embed through Gemini's Batch API instead: half the list price, no per-minute quota, each job "
                    "done within 24 h (usually much sooner). Jobs are recorded before they are sent, so a resumed "
                    "run never submits or pays for one twice.")
-@click.option("--batch-job-rows", type=int, default=BATCH_JOB_ROWS, show_default=True,
+@click.option("--batch-job-rows", type=POSITIVE_INT, default=BATCH_JOB_ROWS, show_default=True,
               help="Rows per batch job (--batch-api).")
-@click.option("--batch-poll-seconds", type=float, default=30.0, show_default=True,
+@click.option("--batch-poll-seconds", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Seconds between polls of the open batch jobs (--batch-api).")
-@click.option("--batch-inline-limit-bytes", type=int, hidden=True,
+@click.option("--batch-inline-limit-bytes", type=POSITIVE_INT, hidden=True,
               help="Above this request size a job's requests go as an uploaded file (default: the API's limit).")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@provider_options
 @dsn_option
 @json_option
 @handle_errors
@@ -73,7 +75,7 @@ def run(plan_ref: str, batch_size: int, concurrency: int, workers: int, rpm: int
         else:
             summary = rollback_fill(db, plan_ref, options) if fill_old else run_backfill(db, plan_ref, options)
     if as_json:
-        echo_json(summary.to_json())
+        echo_json(summary.to_json(), plan=summary.name, phase=summary.phase)
     else:
         click.echo(_summary_text(summary))
 
@@ -108,7 +110,10 @@ def status(plan_ref: str | None, dsn: str | None, as_json: bool) -> None:
     with connected(dsn, changes=False) as (_, conn):
         reports = plan_status(conn, plan_ref)
     if as_json:
-        echo_json(reports[0] if plan_ref else reports)
+        if plan_ref:
+            echo_json(reports[0], plan=reports[0]["name"], phase=reports[0]["phase"])
+        else:
+            echo_json({"plans": reports})
         return
     if not reports:
         click.echo("no live plans")
@@ -126,15 +131,17 @@ def status(plan_ref: str | None, dsn: str | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--rows", type=int, default=5000, show_default=True,
+@click.option("--rows", type=click.IntRange(min=100), default=5000, show_default=True,
               help="Rows of each write-speed table (use 20000 or 100000 for the README figures).")
-@click.option("--small-rows", type=int, default=1000, show_default=True,
+@click.option("--small-rows", type=click.IntRange(min=10), default=1000, show_default=True,
               help="Rows of the small table whose peak memory is the baseline for (c).")
-@click.option("--hnsw-m", type=int, default=16, show_default=True, help="m of the HNSW index on the original column.")
-@click.option("--quota", type=int, default=3000, show_default=True,
+@click.option("--hnsw-m", type=click.IntRange(2, 100), default=16, show_default=True,
+              help="m of the HNSW index on the original column.")
+@click.option("--quota", type=click.IntRange(min=10), default=3000, show_default=True,
               help="Emulator quota in texts per minute for (b); 429 beyond it.")
-@click.option("--quota-rows", type=int, help="Rows embedded under the quota. Default: one minute's worth.")
-@click.option("--latency-ms", type=int, default=200, show_default=True, help="Emulator latency for (b).")
+@click.option("--quota-rows", type=POSITIVE_INT, help="Rows embedded under the quota. Default: one minute's worth.")
+@click.option("--latency-ms", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Emulator latency for (b).")
 @click.option("--adaptive", is_flag=True, help="Also run (b) without --rpm: the quota found from 429s alone.")
 @click.option("--skip-pk-order", is_flag=True, help="Skip the slow primary-key-order floor.")
 @dsn_option
@@ -149,10 +156,6 @@ def bench(rows: int, small_rows: int, hnsw_m: int, quota: int, quota_rows: int |
     the table's lock."""
     from toolkit.bench import BenchOptions, render
     from toolkit.bench import bench as run_bench
-    from toolkit.errors import BadInput
-
-    if rows < 100 or small_rows < 10 or quota < 10 or latency_ms < 0:
-        raise BadInput("--rows must be at least 100, --small-rows 10, --quota 10, --latency-ms 0")
     options = BenchOptions(rows=rows, small_rows=small_rows, hnsw_m=hnsw_m, quota=quota, quota_rows=quota_rows,
                            latency_ms=latency_ms, adaptive=adaptive, skip_pk_order=skip_pk_order)
     with connected(dsn) as (db, _conn):

@@ -8,6 +8,7 @@ import click
 
 from toolkit import render
 from toolkit.cli.common import cli, connected, dsn_option, echo_json, handle_errors, json_option
+from toolkit.cli.options import provider_options
 from toolkit.phases.cleanup import abandon as abandon_plan
 from toolkit.phases.cleanup import cleanup as cleanup_plan
 from toolkit.phases.cutover import DEFAULT_CATCH_UP_ROWS, CutoverOptions
@@ -15,6 +16,7 @@ from toolkit.phases.cutover import cutover as cutover_plan
 from toolkit.phases.locking import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_RETRIES
 from toolkit.phases.rollback import rollback as rollback_plan
 from toolkit.plan import load
+from toolkit.state import get_plan
 
 
 def _lock_options(func: Any) -> Any:
@@ -45,6 +47,7 @@ def _recreated(recreated: dict[str, list[str]]) -> list[str]:
 @click.option("--catch-up-rows", type=click.IntRange(0, 1_000_000), default=DEFAULT_CATCH_UP_ROWS, show_default=True,
               metavar="N", help="Embed up to N rows the application changed since the last run (before the lock, "
                                 "with the target provider); more is refused as an incomplete backfill. 0: never.")
+@provider_options
 @dsn_option
 @json_option
 @handle_errors
@@ -66,8 +69,9 @@ def cutover(plan_ref: str, lock_timeout: int, retries: int, force: bool, refresh
     with connected(dsn) as (db, conn):
         plan, record = load(conn, plan_ref)
         result = cutover_plan(conn, plan, record, options, on_retry=None if as_json else _retry_echo, db=db)
+        phase = get_plan(conn, plan.name).phase
     if as_json:
-        echo_json(result.to_json())
+        echo_json(result.to_json(), plan=plan.name, phase=phase)
         return
     if result.swap is None:
         click.echo(f"plan {plan.name}: " + "; ".join(result.notes))
@@ -107,8 +111,9 @@ def rollback(plan_ref: str, lock_timeout: int, retries: int, refresh_matviews: b
         plan, record = load(conn, plan_ref)
         result = rollback_plan(conn, plan, record, lock_timeout_ms=lock_timeout, retries=retries,
                                refresh_matviews=refresh_matviews, on_retry=None if as_json else _retry_echo)
+        phase = get_plan(conn, plan.name).phase
     if as_json:
-        echo_json(result.to_json())
+        echo_json(result.to_json(), plan=plan.name, phase=phase)
         return
     if result.swap is not None:
         click.echo(f"plan {plan.name}: rolled back. {plan.column} holds {plan.source} vectors again; the "
@@ -133,8 +138,9 @@ def _drop_command(action: Any, kind: str, plan_ref: str, lock_timeout: int, retr
     with connected(dsn) as (_, conn):
         plan, record = load(conn, plan_ref)
         result = action(conn, plan, record, lock_timeout_ms=lock_timeout, retries=retries)
+        phase = get_plan(conn, plan.name).phase
     if as_json:
-        echo_json(result.to_json())
+        echo_json(result.to_json(), plan=plan.name, phase=phase)
         return
     click.echo(f"plan {plan.name}: {kind}. Dropped column {result.column}"
                + (f", index {', '.join(result.indexes)}" if result.indexes else "") + " and the change tracking.")

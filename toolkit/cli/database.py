@@ -6,16 +6,23 @@ import click
 
 from toolkit import embedded
 from toolkit.cli.common import cli, connected, dsn_option, echo_json, handle_errors, json_option
+from toolkit.db import connected_target
 from toolkit.migrations import current_revision
 
 
 @cli.command()
 @dsn_option
+@json_option
 @handle_errors
-def init(dsn: str | None) -> None:
+def init(dsn: str | None, as_json: bool) -> None:
     """Create or upgrade reembed's own schema `reembed` (harmless to repeat)."""
     with connected(dsn) as (db, conn):
-        click.echo(f"schema reembed is at revision {current_revision(conn)} on {db.describe()}")
+        revision, target = current_revision(conn), connected_target(conn)
+    if as_json:
+        echo_json({"revision": revision, "database": target, "embedded": db.is_embedded})
+    else:
+        click.echo(f"schema reembed is at revision {revision} on {target}"
+                   + (" (the embedded PostgreSQL)" if db.is_embedded else ""))
 
 
 @cli.group()

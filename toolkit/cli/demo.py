@@ -5,11 +5,10 @@ from __future__ import annotations
 import click
 
 from toolkit.cli.common import cli, dsn_option, handle_errors
-from toolkit.errors import BadInput
 
 
 @cli.command()
-@click.option("--rows", type=int, default=None,
+@click.option("--rows", type=click.IntRange(50, 5000), default=None,
               help="Passages to load (real text shipped with Python). Default: 2500; 200 when the real Gemini "
                    "API is used (its free tier takes 100 texts a minute).")
 @click.option("--emulators", "force_emulators", is_flag=True,
@@ -36,6 +35,4 @@ def demo(rows: int | None, force_emulators: bool, query: str | None, dsn: str | 
     from toolkit.demo import DemoOptions, run_demo
     from toolkit.demo.run import DEFAULT_QUERY
 
-    if rows is not None and not 50 <= rows <= 5000:
-        raise BadInput(f"--rows must be between 50 and 5000, not {rows}")
     run_demo(DemoOptions(dsn=dsn, rows=rows, force_emulators=force_emulators, query=query or DEFAULT_QUERY))

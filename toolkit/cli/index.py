@@ -8,6 +8,7 @@ from toolkit import render
 from toolkit.cli.common import cli, connected, dsn_option, echo_json, handle_errors, json_option
 from toolkit.phases.index import DEFAULT_MEMORY_CAP, build, parse_size
 from toolkit.plan import load
+from toolkit.state import get_plan
 
 
 @cli.command()
@@ -36,8 +37,9 @@ def index(plan_ref: str, memory_cap: str, workers: int | None, no_progress: bool
     with connected(dsn) as (db, conn):
         plan, record = load(conn, plan_ref)
         result = build(db, conn, plan, record, max_memory=cap, workers=workers, progress=not no_progress)
+        phase = get_plan(conn, plan.name).phase
     if as_json:
-        echo_json(result.to_json())
+        echo_json(result.to_json(), plan=plan.name, phase=phase)
         return
     if result.action == "none_planned":
         click.echo(f"plan {plan.name}: {result.notes[0]}")

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from toolkit.cli.common import cli, connected, dsn_option, handle_errors
+from toolkit.cli.common import cli, connected, dsn_option, echo_json, handle_errors, json_option
+from toolkit.cli.options import provider_options
 from toolkit.errors import BadInput
 
 
@@ -18,9 +19,11 @@ from toolkit.errors import BadInput
               help="Plan name or plan file. Default: the single live plan in the database.")
 @click.option("--source", is_flag=True,
               help="Embed with the plan's source model (the one the column held before cutover) instead of the target.")
+@provider_options
 @dsn_option
+@json_option
 @handle_errors
-def embed_query(text: str, plan_ref: str | None, source: bool, dsn: str | None) -> None:
+def embed_query(text: str, plan_ref: str | None, source: bool, dsn: str | None, as_json: bool) -> None:
     """Print TEXT's query vector as a pgvector literal `[0.1,...]`.
 
     The target model embeds it as a query (Gemini: task type RETRIEVAL_QUERY); with --source the
@@ -31,13 +34,21 @@ def embed_query(text: str, plan_ref: str | None, source: bool, dsn: str | None) 
       SELECT id, title FROM docs ORDER BY embedding <=> '[...]' LIMIT 5;
 
     Before cutover `embedding` holds the source model's vectors (use --source); after cutover
-    the target's (the default). Provider settings come from the environment as for `reembed run`.
+    the target's (the default). With --json: the model, its task type, the dimensions and the
+    vector as a list. Provider settings as for `reembed run`.
     """
-    from toolkit.query import embed_query_for_plan, vector_literal
+    from toolkit.plan import load
+    from toolkit.query import embed_query, single_live_plan, vector_literal
 
     with connected(dsn, changes=False) as (_, conn):
-        vector = embed_query_for_plan(conn, text, plan_ref=plan_ref, source=source)
-    click.echo(vector_literal(vector))
+        plan, record = load(conn, plan_ref or single_live_plan(conn))
+    model = plan.source_ref if source else plan.target_ref
+    vector = embed_query(model, plan.dimensions, text)
+    if as_json:
+        echo_json({"model": str(model), "task_type": "RETRIEVAL_QUERY", "dimensions": plan.dimensions,
+                   "vector": [float(x) for x in vector]}, plan=plan.name, phase=record.phase)
+    else:
+        click.echo(vector_literal(vector))
 
 
 @cli.group()
@@ -50,13 +61,13 @@ def emulator() -> None:
 
 
 def _fault_options(func: Any) -> Any:
-    func = click.option("--port", type=int, default=0, show_default=True,
+    func = click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
                         help="Port on 127.0.0.1; 0 picks a free one (printed).")(func)
-    func = click.option("--latency", type=float, default=0.0, show_default=True,
+    func = click.option("--latency", type=click.FloatRange(min=0), default=0.0, show_default=True,
                         help="Seconds added to every answer.")(func)
-    func = click.option("--quota-texts-per-minute", type=int,
+    func = click.option("--quota-texts-per-minute", type=click.IntRange(min=1),
                         help="Texts accepted per minute; beyond it Gemini answers 429 with RetryInfo, Ollama 503.")(func)
-    func = click.option("--error-rate", type=float, default=0.0, show_default=True,
+    func = click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
                         help="Share of requests answered with a 503.")(func)
     return func
 
@@ -97,8 +108,6 @@ def emulator_ollama(port: int, latency: float, quota_texts_per_minute: int | Non
 
 
 def _start(starter: Any, port: int, **options: Any) -> Any:
-    if not 0 <= port <= 65535:
-        raise BadInput(f"--port must be 0..65535, not {port}")
     try:
         return starter(port, **{k: v for k, v in options.items() if v is not None})
     except OSError as exc:

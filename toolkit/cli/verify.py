@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from toolkit.cli.common import EXIT_GATE, EXIT_OK, cli, connected, dsn_option, echo_json, handle_errors, json_option
+from toolkit.cli.options import provider_options
 from toolkit.phases.verification.options import VerifyOptions
 from toolkit.phases.verification.queries import read_queries
 from toolkit.phases.verification.report import verify_report
@@ -15,6 +16,7 @@ from toolkit.phases.verify import run_verify
 from toolkit.plan import load
 
 _D = VerifyOptions()
+UNIT = click.FloatRange(0, 1)
 
 
 @cli.command()
@@ -22,40 +24,41 @@ _D = VerifyOptions()
 @click.option("--queries", "queries_file", type=click.Path(dir_okay=False, path_type=Path),
               help='JSONL, one {"query": "...", "relevant": [ids]} per line (relevant optional). '
                    "Default: queries made from sampled rows' own text.")
-@click.option("--sample", type=int, default=_D.sample, show_default=True,
+@click.option("--sample", type=click.IntRange(1, 100_000), default=_D.sample, show_default=True,
               help="Rows sampled (fixed seed) for ANN recall, re-embedding, self-retrieval and agreement.")
-@click.option("--k", "k", type=int, default=_D.k, show_default=True, help="Top-k for recall and agreement.")
+@click.option("--k", "k", type=click.IntRange(1, 1000), default=_D.k, show_default=True, help="Top-k for recall and agreement.")
 @click.option("--no-source", is_flag=True,
               help="Do not compare with the old model (use when it is no longer reachable).")
-@click.option("--min-recall", type=float, default=_D.min_recall, show_default=True,
+@click.option("--min-recall", type=UNIT, default=_D.min_recall, show_default=True,
               help="ann_recall: least recall@k of the index scan against an exact scan.")
-@click.option("--recall-margin", type=float, default=_D.recall_margin, show_default=True,
+@click.option("--recall-margin", type=UNIT, default=_D.recall_margin, show_default=True,
               help="ann_recall: also passes at the original index's recall on the same queries and settings, "
                    "less this.")
-@click.option("--ef-search", type=int, help="ann_recall: hnsw.ef_search to measure at (default: the session's).")
-@click.option("--probes", type=int, help="ann_recall: ivfflat.probes to measure at (default: the session's).")
-@click.option("--norm-tolerance", type=float, default=_D.norm_tolerance, show_default=True,
+@click.option("--ef-search", type=click.IntRange(1, 1000), help="ann_recall: hnsw.ef_search to measure at (default: the session's).")
+@click.option("--probes", type=click.IntRange(1, 32768), help="ann_recall: ivfflat.probes to measure at (default: the session's).")
+@click.option("--norm-tolerance", type=click.FloatRange(min=0), default=_D.norm_tolerance, show_default=True,
               help="sanity: largest |norm - 1| accepted.")
-@click.option("--max-duplicates", type=int, default=_D.max_duplicates, show_default=True,
+@click.option("--max-duplicates", type=click.IntRange(min=0), default=_D.max_duplicates, show_default=True,
               help="sanity: rows allowed to share a vector with a different text.")
-@click.option("--max-pending", type=int, default=None,
+@click.option("--max-pending", type=click.IntRange(min=0), default=None,
               help="freshness: rows changed by the application and queued for re-embedding that may remain "
                    "(default: what the write rate measured during verify explains; at least 0.1% of rows, 20).")
-@click.option("--outlier-sigmas", type=float, default=_D.outlier_sigmas, show_default=True,
+@click.option("--outlier-sigmas", type=click.FloatRange(min=0), default=_D.outlier_sigmas, show_default=True,
               help="outliers: a vector whose cosine to the corpus centroid is below SIGMAS/sqrt(dims) looks "
                    "random (0 disables).")
-@click.option("--max-outliers", type=int, default=_D.max_outliers, show_default=True,
+@click.option("--max-outliers", type=click.IntRange(min=0), default=_D.max_outliers, show_default=True,
               help="outliers: vectors allowed to look random.")
-@click.option("--fidelity-cosine", type=float, default=_D.fidelity_cosine, show_default=True,
+@click.option("--fidelity-cosine", type=UNIT, default=_D.fidelity_cosine, show_default=True,
               help="fidelity: cosine at which a re-embedded row matches its stored vector.")
-@click.option("--min-fidelity", type=float, default=_D.min_fidelity, show_default=True,
+@click.option("--min-fidelity", type=UNIT, default=_D.min_fidelity, show_default=True,
               help="fidelity: fraction of sampled rows that must match.")
-@click.option("--min-self-retrieval", type=float, default=_D.min_self_retrieval, show_default=True,
+@click.option("--min-self-retrieval", type=UNIT, default=_D.min_self_retrieval, show_default=True,
               help="self_retrieval: fraction of sampled rows their own text must find in the new top-k.")
-@click.option("--margin", type=float, default=_D.margin, show_default=True,
+@click.option("--margin", type=UNIT, default=_D.margin, show_default=True,
               help="agreement: how far the new model's recall@k and MRR may trail the old model's.")
-@click.option("--min-overlap", type=float, default=_D.min_overlap, show_default=True,
+@click.option("--min-overlap", type=UNIT, default=_D.min_overlap, show_default=True,
               help="agreement: least mean overlap@k of old and new top-k (0: report only).")
+@provider_options
 @dsn_option
 @json_option
 @handle_errors
@@ -80,8 +83,8 @@ def verify(plan: str, queries_file: Path | None, sample: int, k: int, no_source:
       agreement       old model vs new model top-k: overlap@k; recall@k and MRR side by side
 
     The verdict is stored; cutover requires a passing verification of the current state.
-    Providers are configured by the environment (GOOGLE_API_KEY, GOOGLE_GEMINI_BASE_URL,
-    OLLAMA_HOST, REEMBED_TIMEOUT). Exit 0 when every check passes, 1 otherwise.
+    Providers: the key from GOOGLE_API_KEY (or GEMINI_API_KEY); --gemini-base-url,
+    --ollama-host, --timeout (or their variables). Exit 0 when every check passes, 1 otherwise.
     """
     options = VerifyOptions(
         sample=sample, k=k, queries=read_queries(queries_file) if queries_file else None, no_source=no_source,
@@ -93,5 +96,5 @@ def verify(plan: str, queries_file: Path | None, sample: int, k: int, no_source:
         the_plan, record = load(conn, plan)
         result = run_verify(db, conn, the_plan, record, options)
     data = result.to_json()
-    echo_json(data) if as_json else click.echo(verify_report(data))
+    echo_json(data, plan=data["plan"], phase=data["phase"]) if as_json else click.echo(verify_report(data))
     sys.exit(EXIT_OK if result.passed else EXIT_GATE)
