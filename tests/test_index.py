@@ -42,6 +42,11 @@ def test_builds_the_same_kind_of_index_with_progress_and_sized_memory(conn, run_
     again = run_cli("index", PLAN)
     assert again.exit_code == 0 and "already exists and is valid" not in again.output  # notes only on builds
     assert "kept" in again.output
+    # A kept index reports its real size, as a built one does.
+    kept = json.loads(run_cli("index", PLAN, "--json").stdout)
+    real = conn.execute("SELECT pg_relation_size(%s::regclass)", (SHADOW_INDEX,)).fetchone()[0]
+    assert kept["action"] == "kept" and kept["size_bytes"] == real == data["size_bytes"] > 0
+    assert (kept["plan"], kept["phase"]) == (PLAN, "indexed")
 
 
 def test_memory_is_capped_by_the_flag(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]

@@ -50,6 +50,8 @@ def index(plan_ref: str, memory_cap: str, workers: int | None, no_progress: bool
         assert s is not None
         line += (f" in {result.seconds:.1f}s ({render.size(result.size_bytes)}; maintenance_work_mem "
                  f"{render.size(s.maintenance_work_mem)} for ~{s.rows} rows, {s.workers} parallel workers)")
+    elif result.action == "kept":
+        line += f" ({render.size(result.size_bytes)})"
     if result.dropped_invalid:
         line += "; an INVALID leftover of an interrupted build was dropped first"
     click.echo(line)

@@ -171,6 +171,7 @@ def _build_one(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanR
         if valid and ready:
             built.action = "kept"
             result.notes.append(f"index {target.name} already exists and is valid")
+            built.size_bytes = _index_bytes(conn, target)
             return built
         # An interrupted CONCURRENTLY build leaves an INVALID index that still slows every write.
         conn.execute(template("index_drop", index=sql.Identifier(target.schema, target.name)))
@@ -188,9 +189,14 @@ def _build_one(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanR
     state = _index_state(conn, target)
     if state is None or not (state[0] and state[1]):
         raise GateFailed(f"index {target.name} was built but is not valid; run `reembed index {plan.name}` again")
-    built.size_bytes = conn.execute("SELECT pg_relation_size(to_regclass(%s))",
-                                    (sql.Identifier(target.schema, target.name).as_string(conn),)).fetchone()[0]  # type: ignore[index]
+    built.size_bytes = _index_bytes(conn, target)
     return built
+
+
+def _index_bytes(conn: psycopg.Connection, target: IndexTarget) -> int:
+    row = conn.execute("SELECT pg_relation_size(to_regclass(%s))",
+                       (sql.Identifier(target.schema, target.name).as_string(conn),)).fetchone()
+    return int(row[0] or 0) if row else 0
 
 
 def _finish(conn: psycopg.Connection, record: PlanRecord, result: IndexResult) -> None:
