@@ -67,13 +67,20 @@ def second_server() -> Iterator[SecondServer]:
 
 
 @pytest.fixture()
-def clean_env(tmp_path: Path) -> dict[str, str]:
+def embedded_dir() -> Path:
+    """Where the embedded server may live: outside pytest's root-only temp tree, which the server's
+    own user (pgserver, when tests run as root) cannot enter, and with a short socket path."""
+    return Path(tempfile.mkdtemp(prefix="reembed-emb-")) / "embedded"
+
+
+@pytest.fixture()
+def clean_env(tmp_path: Path, embedded_dir: Path) -> dict[str, str]:
     """The environment of a user with no reembed or libpq settings, an empty home and data dir."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("PG") and k not in ("DATABASE_URL", "REEMBED_TEST_DSN")}
     (tmp_path / "home").mkdir()
     env["HOME"] = str(tmp_path / "home")
-    env["REEMBED_DATA_DIR"] = str(tmp_path / "embedded")
+    env["REEMBED_DATA_DIR"] = str(embedded_dir)
     return env
 
 
@@ -93,7 +100,7 @@ def _drop_schema(server: SecondServer) -> None:
 
 
 def test_pg_variables_select_the_users_server_as_psql_would(second_server: SecondServer,
-                                                            clean_env: dict[str, str], tmp_path: Path) -> None:
+                                                            clean_env: dict[str, str], embedded_dir: Path) -> None:
     _drop_schema(second_server)
     env = {**clean_env, **second_server.libpq_env(PGPASSWORD=PASSWORD)}
     proc = _reembed(env, "init")
@@ -104,7 +111,7 @@ def test_pg_variables_select_the_users_server_as_psql_would(second_server: Secon
     assert target in proc.stdout
     assert PASSWORD not in proc.stdout + proc.stderr
     assert _schema_exists(second_server)
-    assert not (tmp_path / "embedded").exists(), "the embedded server must not start when PG* names a server"
+    assert not embedded_dir.exists(), "the embedded server must not start when PG* names a server"
 
 
 def test_a_wrong_pgpassword_is_refused_by_that_server(second_server: SecondServer,
@@ -129,7 +136,7 @@ def test_the_password_comes_from_pgpass_in_the_home_directory(second_server: Sec
 
 def test_a_service_selects_the_server_by_pgservice_and_by_service_dsn(second_server: SecondServer,
                                                                       clean_env: dict[str, str],
-                                                                      tmp_path: Path) -> None:
+                                                                      tmp_path: Path, embedded_dir: Path) -> None:
     services = tmp_path / "pg_service.conf"
     services.write_text(f"[rag]\nhost={second_server.socket_dir}\nport={PORT}\nuser=migrator\ndbname=rag\n"
                         f"password={PASSWORD}\n")
@@ -141,11 +148,11 @@ def test_a_service_selects_the_server_by_pgservice_and_by_service_dsn(second_ser
         assert proc.stderr.splitlines()[0] == f"reembed: acting on {second_server.socket_dir}:{PORT}/rag", how
         assert PASSWORD not in proc.stdout + proc.stderr, how
         assert _schema_exists(second_server), how
-    assert not (tmp_path / "embedded").exists()
+    assert not embedded_dir.exists()
 
 
 def test_embedded_server_ignores_pg_variables_and_prints_a_complete_url(clean_env: dict[str, str],
-                                                                        tmp_path: Path) -> None:
+                                                                        embedded_dir: Path) -> None:
     # The user's PG* settings for another server are in the environment while the embedded one starts.
     env = {**clean_env, "PGPORT": "5999", "PGHOST": "/nonexistent", "PGUSER": "someone", "PGDATABASE": "theirs"}
     try:
@@ -154,7 +161,7 @@ def test_embedded_server_ignores_pg_variables_and_prints_a_complete_url(clean_en
         dsn = url.stdout.strip()
         params = psycopg.conninfo.conninfo_to_dict(dsn)
         assert {"host", "port", "user", "dbname"} <= set(params), dsn
-        assert params["port"] == "5432" and params["host"].startswith(str(tmp_path))
+        assert params["port"] == "5432" and params["host"].startswith(str(embedded_dir))
         # With the same PG* variables still set, the printed URL reaches the embedded server.
         proc = subprocess.run([sys.executable, "-c", "import psycopg, sys; c = psycopg.connect(sys.argv[1]); "
                                "print(c.info.port, c.info.dbname)", dsn], capture_output=True, text=True, env=env,
@@ -170,11 +177,11 @@ def test_embedded_server_ignores_pg_variables_and_prints_a_complete_url(clean_en
         _reembed(clean_env, "db", "stop")
 
 
-def test_no_settings_at_all_means_the_embedded_server(clean_env: dict[str, str], tmp_path: Path) -> None:
+def test_no_settings_at_all_means_the_embedded_server(clean_env: dict[str, str], embedded_dir: Path) -> None:
     try:
         proc = _reembed(clean_env, "init")
         assert proc.returncode == 0, proc.stderr
         assert "(the embedded PostgreSQL)" in proc.stderr.splitlines()[0]
-        assert (tmp_path / "embedded" / "pgdata" / "PG_VERSION").exists()
+        assert (embedded_dir / "pgdata" / "PG_VERSION").exists()
     finally:
         _reembed(clean_env, "db", "stop")
