@@ -171,3 +171,17 @@ def test_the_corpus_cache_returns_what_was_built_and_survives_damage(tmp_path) -
     assert corpus.passages(50, cache_dir=tmp_path) == built[:50]
     cache.write_text("{not json")
     assert corpus.passages(200, cache_dir=tmp_path) == built
+
+
+def test_table_only_leaves_a_filled_table_to_practise_the_real_job_on(demo, run_cli,  # type: ignore[no-untyped-def]
+                                                                      conn: psycopg.Connection) -> None:
+    result = demo("--table-only")
+    assert result.exit_code == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows, vectors = conn.execute("SELECT count(*), count(embedding) FROM reembed_demo.passages").fetchone()
+    assert rows == vectors == int(ROWS)
+    assert conn.execute("SELECT count(*) FROM reembed.plans").fetchone()[0] == 0  # the lifecycle is the user's
+    assert "practise the real job on reembed_demo.passages" in result.stdout
+    assert "reembed emulator gemini" in result.stdout and "reembed plan reembed_demo.passages" in result.stdout
+    planned = run_cli("plan", "reembed_demo.passages", "--column", "embedding", "--text", "content", "--title",
+                      "title", "--name", "practice", "--offline")
+    assert planned.exit_code == 0, planned.stderr

@@ -14,9 +14,12 @@ from toolkit.cli.common import cli, dsn_option, handle_errors
 @click.option("--emulators", "force_emulators", is_flag=True,
               help="Use the local Gemini and Ollama emulators even when an API key or a real Ollama is there.")
 @click.option("--query", default=None, metavar="TEXT", help="The example question asked before and after cutover.")
+@click.option("--table-only", is_flag=True,
+              help="Build and fill the demo table, then stop: a table to practise the real job on, step by step "
+                   "(the demo prints the commands).")
 @dsn_option
 @handle_errors
-def demo(rows: int | None, force_emulators: bool, query: str | None, dsn: str | None) -> None:
+def demo(rows: int | None, force_emulators: bool, query: str | None, table_only: bool, dsn: str | None) -> None:
     """Show the whole lifecycle on a small RAG store, with nothing to set up.
 
     \b
@@ -35,4 +38,5 @@ def demo(rows: int | None, force_emulators: bool, query: str | None, dsn: str | 
     from toolkit.demo import DemoOptions, run_demo
     from toolkit.demo.run import DEFAULT_QUERY
 
-    run_demo(DemoOptions(dsn=dsn, rows=rows, force_emulators=force_emulators, query=query or DEFAULT_QUERY))
+    run_demo(DemoOptions(dsn=dsn, rows=rows, force_emulators=force_emulators, query=query or DEFAULT_QUERY,
+                         table_only=table_only))

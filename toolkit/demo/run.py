@@ -58,6 +58,7 @@ class DemoOptions:
     rows: int | None = None  # None: DEFAULT_ROWS, or REAL_GEMINI_ROWS against the real Gemini API
     force_emulators: bool = False
     query: str = DEFAULT_QUERY
+    table_only: bool = False  # build and fill the table, then stop: practise the real job on it
 
 
 @dataclass
@@ -72,6 +73,7 @@ class DemoResult:
     verify_passed: bool | None = None
     missing: list[str] = field(default_factory=list)  # lifecycle commands this build does not have
     seconds: float = 0.0
+    table_only: bool = False
 
     @property
     def same_sql(self) -> bool:
@@ -95,8 +97,10 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = click.echo) -> 
     db = Database.from_flag(options.dsn)
     available = [name for name, _, _ in LIFECYCLE if name in cli.commands]
     missing = [name for name, _, _ in LIFECYCLE if name not in cli.commands]
-    narrator = Narrator(total=3 + len(available) + (1 if not missing else 0), echo=echo)
-    result = DemoResult(database=db.describe(), missing=missing)
+    if options.table_only:
+        available, missing = [], []
+    narrator = Narrator(total=3 + len(available) + (1 if available and not missing else 0), echo=echo)
+    result = DemoResult(database=db.describe(), missing=missing, table_only=options.table_only)
 
     with DemoProviders(force_emulators=options.force_emulators) as providers, \
             tempfile.TemporaryDirectory(prefix="reembed-demo-") as workdir:
@@ -125,7 +129,7 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = click.echo) -> 
                                            when="before cutover")
             plan_file = Path(workdir) / f"reembed-{PLAN_NAME}.toml"
             for name, title, argv in LIFECYCLE:
-                if name in missing:
+                if name in missing or name not in available:
                     continue
                 args = [a.format(plan=PLAN_NAME, file=plan_file) for a in argv]
                 shown = [a.format(plan=PLAN_NAME, file=plan_file.name) for a in argv]
@@ -134,7 +138,7 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = click.echo) -> 
                     _after_step(conn, name, narrator, result, plan_file)
             if missing:
                 _say_missing(narrator, missing, echo)
-            else:
+            elif available:
                 result.after = _example_query(conn, narrator, options.query, ModelRef.parse(DEFAULT_TARGET),
                                               when="after cutover", before=result.before)
         finally:
@@ -261,11 +265,31 @@ def _summary(narrator: Narrator, result: DemoResult, providers: DemoProviders, e
                                  "timings of embedding are not a real model's)" if emulated else "nothing"))
     for line in lines:
         echo(f"  {line}")
-    if not result.missing:
+    if result.table_only:  # the lifecycle is the user's to run
+        echo("")
+        echo(f"practise the real job on {store.SCHEMA}.{store.TABLE} (it stays until the next `reembed demo`):")
+        for hint in _practice_steps(providers):
+            echo(f"  {hint}")
+    elif not result.missing:
         echo("")
         echo("try next (the demo's table and plan stay until the next `reembed demo`):")
         for hint in _next_steps(result, providers):
             echo(f"  {hint}")
+
+
+def _practice_steps(providers: DemoProviders) -> list[str]:
+    table = f"{store.SCHEMA}.{store.TABLE}"
+    hints = []
+    if providers.source_emulated:
+        hints += ["$ reembed emulator ollama     # in another shell; then export the OLLAMA_HOST it prints"]
+    if providers.target_emulated:
+        hints += ["$ reembed emulator gemini     # in another shell; then export what it prints"]
+    return hints + [
+        f"$ reembed inspect {table}",
+        f"$ reembed plan {table} --column {store.COLUMN} --text content --title title --name practice --sql",
+        "$ reembed run practice && reembed index practice && reembed verify practice",
+        "$ reembed cutover practice      # then: reembed rollback practice, or reembed cleanup practice",
+    ]
 
 
 def _next_steps(result: DemoResult, providers: DemoProviders) -> list[str]:
