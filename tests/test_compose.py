@@ -27,7 +27,7 @@ def test_db_is_pgvector_on_a_current_postgres_with_its_data_in_a_named_volume(co
     db = compose["services"]["db"]
     image, tag = _image_tag(db)
     assert image == "pgvector/pgvector"
-    major = int(re.match(r"pg(\d+)", tag).group(1))  # type: ignore[union-attr]
+    major = int(re.search(r"pg(\d+)$", tag).group(1))  # type: ignore[union-attr]
     assert major >= 17
     # 18+ images keep PGDATA in /var/lib/postgresql/<major>/docker and refuse a mount at .../data.
     expected_mount = "/var/lib/postgresql" if major >= 18 else "/var/lib/postgresql/data"
@@ -48,8 +48,34 @@ def test_ollama_serves_and_nomic_embed_text_is_pulled_before_reembed_runs(compos
     assert _image_tag(pull)[0] == "ollama/ollama"
     assert " ".join(pull["entrypoint"]) == "ollama pull nomic-embed-text"
     assert pull["environment"]["OLLAMA_HOST"] == "http://ollama:11434"
-    assert pull["depends_on"]["ollama"]["condition"] == "service_healthy"
-    assert services["reembed"]["depends_on"]["ollama-pull"]["condition"] == "service_completed_successfully"
+    assert "ollama" in pull["depends_on"] and pull["restart"] == "on-failure"  # until the server listens
+    # ollama is healthy only once the model is there, and that is what reembed waits for.
+    assert ollama["healthcheck"]["test"] == ["CMD", "ollama", "show", "nomic-embed-text"]
+    assert services["reembed"]["depends_on"]["ollama"]["condition"] == "service_healthy"
+
+
+def test_a_reembed_run_does_not_start_the_one_shot_pull_again(compose: dict[str, Any]) -> None:
+    # `docker compose run reembed` starts what reembed depends on, transitively: the one-shot must
+    # not be among them, or every command pulls again.
+    services = compose["services"]
+
+    def dependencies(name: str) -> set[str]:
+        direct = set(services[name].get("depends_on", {}))
+        return direct.union(*(dependencies(d) for d in direct)) if direct else set()
+
+    assert "ollama-pull" not in dependencies("reembed")
+    assert dependencies("reembed") == {"db", "ollama"}
+    assert "profiles" not in services["ollama-pull"]  # `docker compose up` does run it once
+
+
+def test_images_are_pinned_to_versions(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if "image" not in service:
+            continue
+        _, tag = _image_tag(service)
+        assert tag and tag != "latest" and re.search(r"\d+\.\d+", tag), (name, service["image"])
+    base = re.search(r"^FROM (\S+)", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert base and re.search(r":\d+\.\d+", base.group(1)), "the Dockerfile's base image is pinned too"
 
 
 def test_reembed_service_points_at_the_db_service_and_takes_keys_from_env(compose: dict[str, Any]) -> None:
