@@ -149,3 +149,14 @@ def test_ctrl_c_exits_130_and_says_the_state_is_consistent(conn: psycopg.Connect
     assert proc.returncode == 130, err
     assert "interrupted" in err and "run the command again" in err
     assert _document(out)["exit_code"] == 130
+
+
+def test_read_only_commands_do_not_create_schema_reembed(conn: psycopg.Connection, run_cli) -> None:  # type: ignore[no-untyped-def]
+    conn.execute("DROP SCHEMA reembed CASCADE")
+    listed = run_cli("plans")
+    assert listed.exit_code == 0 and listed.stdout.strip() == "no plans"
+    assert _document(run_cli("plans", "--json").stdout)["plans"] == []
+    assert run_cli("status").stdout.strip() == "no live plans"
+    unknown = run_cli("status", "p1")
+    assert unknown.exit_code == 2 and "no schema reembed" in unknown.stderr
+    assert conn.execute("SELECT to_regnamespace('reembed')").fetchone()[0] is None

@@ -7,6 +7,8 @@ import click
 from toolkit import render
 from toolkit.cli.common import cli, connected, dsn_option, echo_json, handle_errors, json_option
 from toolkit.cli.options import POSITIVE_INT, concurrency_option, provider_options, quota_options
+from toolkit.errors import BadInput
+from toolkit.migrations import current_revision
 from toolkit.phases.backfill import DEFAULT_BATCH_SIZE, DEFAULT_LEASE_SECONDS, RunOptions, RunSummary, rollback_fill
 from toolkit.phases.backfill import run as run_backfill
 from toolkit.errors import BadInput
@@ -107,8 +109,10 @@ def _summary_text(s: RunSummary) -> str:
 def status(plan_ref: str | None, dsn: str | None, as_json: bool) -> None:
     """Progress of PLAN (or of every live plan): phase, rows embedded / pending / skipped, leases
     held and by how many processes, rows embedded more than once, the last event."""
-    with connected(dsn, changes=False) as (_, conn):
-        reports = plan_status(conn, plan_ref)
+    with connected(dsn, schema=False, changes=False) as (_, conn):  # read-only: never creates schema reembed
+        if current_revision(conn) is None and plan_ref:
+            raise BadInput(f"no plan named {plan_ref!r}: this database has no schema reembed (see `reembed init`)")
+        reports = plan_status(conn, plan_ref) if current_revision(conn) is not None else []
     if as_json:
         if plan_ref:
             echo_json(reports[0], plan=reports[0]["name"], phase=reports[0]["phase"])
