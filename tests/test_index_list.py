@@ -55,7 +55,7 @@ def test_every_vector_index_on_the_column_is_rebuilt_swapped_and_cleaned_up(conn
         assert "(embedding " in back[name] and f"{name}__gemini_embedding_001" in back
 
     assert run_cli("cutover", PLAN, "--force").exit_code == 0
-    result = run_cli("cleanup", PLAN, "--json")
+    result = run_cli("cleanup", PLAN, "--json", "--yes")
     assert result.exit_code == 0, result.stderr
     assert sorted(json.loads(result.stdout)["indexes"]) == sorted(f"{n}__old_nomic_embed_text" for n in (MAIN, L2, PARTIAL))
     assert set(indexes(conn)) == {"docs_pkey", MAIN, L2, PARTIAL}

@@ -85,7 +85,7 @@ def test_hostile_identifiers_and_texts_through_the_whole_lifecycle(conn, run_cli
            "blank, 1 MB, unicode, control-character texts; plan→run→index→verify→cutover→rollback→cutover",
            "completed; nothing lost", rows=rows, skipped_blank=summary["rows_skipped"],
            truncated=summary["truncated"])
-    res = run_cli("cleanup", "hostile")
+    res = run_cli("cleanup", "hostile", "--yes")
     assert res.exit_code == 0, res.output
     cols = [r[0] for r in conn.execute(
         "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
@@ -235,7 +235,7 @@ def test_no_password_or_api_key_in_any_output_log_plan_file_or_stored_row(conn, 
                               "--name", "p1", "-o", "p1.toml", "--sql"),
         ("plans", "--json"), ("run", "p1"), ("status", "p1", "--json"), ("index", "p1"),
         ("verify", "p1", "--no-source", "--json"), ("cutover", "p1"), ("rollback", "p1", "--json"),
-        ("cutover", "p1", "--json"), ("embed-query", "hello", "--plan", "p1"), ("cleanup", "p1"),
+        ("cutover", "p1", "--json"), ("embed-query", "hello", "--plan", "p1"), ("cleanup", "p1", "--yes"),
         ("cutover", "p1"),  # an error: refused after cleanup
         ("status", "nope"),  # an error: unknown plan
     ]

@@ -81,7 +81,7 @@ def test_the_whole_lifecycle_as_a_role_with_only_the_documented_rights(conn, dat
         app_conn.execute("UPDATE docs SET content = %s WHERE id = 3", (passage(3003),))
         app_conn.execute("DELETE FROM docs WHERE id = 4")
     steps = [("run", "p1", "--no-progress"), ("index", "p1", "--no-progress"), ("verify", "p1", "--no-source"),
-             ("cutover", "p1"), ("rollback", "p1"), ("cutover", "p1"), ("cleanup", "p1")]
+             ("cutover", "p1"), ("rollback", "p1"), ("cutover", "p1"), ("cleanup", "p1", "--yes")]
     for step in steps:
         res = run_cli(*step)
         assert res.exit_code == 0, (step, res.output)

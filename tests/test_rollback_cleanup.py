@@ -106,7 +106,7 @@ def test_cleanup_leaves_nothing_but_the_registry(conn, run_cli, gemini) -> None:
     assert _leftovers(conn)["triggers"] and _leftovers(conn)["functions"]
     assert run_cli("cutover", PLAN, "--force").exit_code == 0
     new_3 = vector_of(conn, "embedding", 3)
-    result = run_cli("cleanup", PLAN)
+    result = run_cli("cleanup", PLAN, "--yes")
     assert result.exit_code == 0, result.stderr
     assert "MB of embedding__old_nomic_embed_text stays" in result.output
     assert "VACUUM FULL" in result.output and "pg_repack" in result.output
@@ -125,13 +125,13 @@ def test_cleanup_stops_at_a_forgotten_dependent_and_drops_nothing(conn, run_cli,
     old = plan_row(conn)[2]
     conn.execute(f'CREATE VIEW old_vectors AS SELECT id, "{old}" FROM docs')
     before = (columns(conn), indexes(conn), _leftovers(conn))
-    result = run_cli("cleanup", PLAN, "--json")
+    result = run_cli("cleanup", PLAN, "--json", "--yes")
     assert result.exit_code == 1
     assert "public.old_vectors" in result.stderr and "without CASCADE" in result.stderr
     assert (columns(conn), indexes(conn), _leftovers(conn)) == before
     assert plan_row(conn)[0] == "cut_over"
     conn.execute("DROP VIEW old_vectors")
-    done = run_cli("cleanup", PLAN, "--json")
+    done = run_cli("cleanup", PLAN, "--json", "--yes")
     assert done.exit_code == 0
     data = json.loads(done.stdout)
     assert data["column"] == old and data["column_bytes"] > 300 * 3000 and data["index_bytes"] > 0
@@ -140,7 +140,7 @@ def test_cleanup_stops_at_a_forgotten_dependent_and_drops_nothing(conn, run_cli,
 def test_abandon_drops_the_new_vectors_and_tracking(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
     backfilled(conn, run_cli)
     old_1 = vector_of(conn, "embedding", 1)
-    result = run_cli("abandon", PLAN)
+    result = run_cli("abandon", PLAN, "--yes")
     assert result.exit_code == 0, result.stderr
     assert _leftovers(conn) == {"triggers": [], "functions": [], "columns": [], "indexes": [], "constraints": []}
     assert set(indexes(conn)) == {"docs_pkey", "docs_embedding_idx"}
@@ -151,6 +151,6 @@ def test_abandon_drops_the_new_vectors_and_tracking(conn, run_cli, gemini) -> No
 def test_abandon_refuses_a_cut_over_plan(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
     backfilled(conn, run_cli)
     assert run_cli("cutover", PLAN, "--force").exit_code == 0
-    result = run_cli("abandon", PLAN)
+    result = run_cli("abandon", PLAN, "--yes")
     assert result.exit_code == 1 and f"reembed rollback {PLAN}" in result.stderr
     assert plan_row(conn)[0] == "cut_over"

@@ -64,12 +64,33 @@ def register_plan(conn: psycopg.Connection, spec: dict[str, Any], fingerprint: s
             log_event(conn, record.id, "planned", f"plan {record.name} registered", phase="planned")
             return record
     except psycopg.errors.UniqueViolation as exc:
-        if "plans_name_key" in str(exc):
+        replanned = _replan(conn, spec, fingerprint)
+        if replanned is not None:
+            return replanned
+        if "plans_name_live" in str(exc):
             raise BadInput(f"plan name {spec['name']!r} is already in use: choose another with --name") from None
         other = live_plan_on_column(conn, table["schema"], table["name"], column["name"])
         raise BadInput(
             f"column {column['name']} of {table['schema']}.{table['name']} already has a live plan "
             f"{other!r}: finish it (cleanup) or abandon it first") from None
+
+
+def _replan(conn: psycopg.Connection, spec: dict[str, Any], fingerprint: str) -> PlanRecord | None:
+    """The same name on the same column, still only planned (say its preflight could not run yet):
+    nothing was done to the table, so the new plan replaces it. Anything further along refuses."""
+    table, column, target = spec["table"], spec["column"], spec["target"]
+    with conn.transaction():
+        record = conn.cursor(row_factory=class_row(PlanRecord)).execute(
+            f"""UPDATE reembed.plans SET shadow_column = %s, old_column = %s, source_model = %s, target_model = %s,
+                       dimensions = %s, spec = %s, table_fingerprint = %s, updated_at = now()
+                WHERE name = %s AND phase = 'planned' AND table_schema = %s AND table_name = %s AND column_name = %s
+                RETURNING {_COLUMNS}""",
+            (column["shadow"], column["old"], spec["source"]["model"], target["model"], target["dimensions"],
+             Jsonb(spec), fingerprint, spec["name"], table["schema"], table["name"], column["name"])).fetchone()
+        if record is not None:
+            log_event(conn, record.id, "planned", f"plan {record.name} planned again (it had not started)",
+                      phase="planned")
+    return record
 
 
 def live_plan_on_column(conn: psycopg.Connection, schema: str, table: str, column: str) -> str | None:
@@ -80,8 +101,10 @@ def live_plan_on_column(conn: psycopg.Connection, schema: str, table: str, colum
 
 
 def get_plan(conn: psycopg.Connection, name: str) -> PlanRecord:
+    """The plan of that name; an abandoned plan's name may be taken again, and the newer plan wins."""
     record = conn.cursor(row_factory=class_row(PlanRecord)).execute(
-        f"SELECT {_COLUMNS} FROM reembed.plans WHERE name = %s", (name,)).fetchone()
+        f"SELECT {_COLUMNS} FROM reembed.plans WHERE name = %s ORDER BY phase = 'abandoned', id DESC LIMIT 1",
+        (name,)).fetchone()
     if record is None:
         raise BadInput(f"no plan named {name!r} is registered in this database (see `reembed plans`)")
     return record

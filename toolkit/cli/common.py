@@ -21,7 +21,7 @@ from click.core import ParameterSource
 from toolkit import __version__
 from toolkit.config import configure_logging, register_environment_secrets, scrub
 from toolkit.db import Database, connected_target
-from toolkit.errors import ReembedError
+from toolkit.errors import BadInput, GateFailed, ReembedError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -203,6 +203,25 @@ def handle_errors(func: F) -> F:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def yes_option(func: F) -> F:
+    return click.option("--yes", "-y", "yes", is_flag=True,
+                        help="Do it without asking. Without a terminal to ask on, --yes is required.")(func)  # type: ignore[return-value]
+
+
+def confirm_irreversible(what: str, lines: list[str], *, yes: bool) -> None:
+    """Show what an irreversible step will do and ask on the terminal; --yes skips the question.
+    With no terminal and no --yes it refuses (exit 2) before anything is touched."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise BadInput(f"{what} cannot be undone and there is no terminal to ask on: pass --yes to confirm; "
+                       "nothing was changed")
+    for line in lines:
+        click.echo(line, err=True)
+    if not click.confirm(f"{what}?", default=False, err=True):
+        raise GateFailed(f"{what}: answered no; nothing was changed")
 
 
 @contextmanager

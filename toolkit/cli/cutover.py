@@ -7,10 +7,13 @@ from typing import Any
 import click
 
 from toolkit import render
-from toolkit.cli.common import cli, connected, dsn_option, echo_json, handle_errors, json_option
+from toolkit.cli.common import (cli, confirm_irreversible, connected, dsn_option, echo_json, handle_errors,
+                                json_option, yes_option)
 from toolkit.cli.options import provider_options
 from toolkit.phases.cleanup import abandon as abandon_plan
+from toolkit.phases.cleanup import DropPreview
 from toolkit.phases.cleanup import cleanup as cleanup_plan
+from toolkit.phases.cleanup import preview as preview_drop
 from toolkit.phases.cutover import DEFAULT_CATCH_UP_ROWS, CutoverOptions
 from toolkit.phases.cutover import cutover as cutover_plan
 from toolkit.phases.locking import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_RETRIES
@@ -71,7 +74,8 @@ def cutover(plan_ref: str, lock_timeout: int, retries: int, force: bool, refresh
         result = cutover_plan(conn, plan, record, options, on_retry=None if as_json else _retry_echo, db=db)
         phase = get_plan(conn, plan.name).phase
     if as_json:
-        echo_json(result.to_json(), plan=plan.name, phase=phase)
+        echo_json({**result.to_json(), "query_model": plan.target if phase == "cut_over" else plan.source},
+                  plan=plan.name, phase=phase)
         return
     if result.swap is None:
         click.echo(f"plan {plan.name}: " + "; ".join(result.notes))
@@ -113,7 +117,7 @@ def rollback(plan_ref: str, lock_timeout: int, retries: int, refresh_matviews: b
                                refresh_matviews=refresh_matviews, on_retry=None if as_json else _retry_echo)
         phase = get_plan(conn, plan.name).phase
     if as_json:
-        echo_json(result.to_json(), plan=plan.name, phase=phase)
+        echo_json({**result.to_json(), "query_model": plan.source}, plan=plan.name, phase=phase)
         return
     if result.swap is not None:
         click.echo(f"plan {plan.name}: rolled back. {plan.column} holds {plan.source} vectors again; the "
@@ -121,6 +125,8 @@ def rollback(plan_ref: str, lock_timeout: int, retries: int, refresh_matviews: b
         click.echo(f"  lock held {result.swap.lock_ms:.1f} ms (try {result.swap.attempts} of {retries + 1})")
         for line in _recreated(result.swap.recreated):
             click.echo(line)
+        click.echo(f"  queries must now be embedded with {plan.source} again: switch the application's query "
+                   f"model back; a new cutover needs a new passing `reembed verify {plan.name}`")
     else:
         click.echo(f"plan {plan.name}: rolled back already")
     for note in result.notes:
@@ -132,47 +138,78 @@ def rollback(plan_ref: str, lock_timeout: int, retries: int, refresh_matviews: b
                    + (f" and {more} more" if more > 0 else ""))
 
 
-def _drop_command(action: Any, kind: str, plan_ref: str, lock_timeout: int, retries: int, dsn: str | None,
-                  as_json: bool) -> None:
-    """cleanup and abandon: the same drop of one column, its index and the tracking, and one report."""
+def _drop_command(action: Any, kind: str, plan_ref: str, lock_timeout: int, retries: int, yes: bool,
+                  dsn: str | None, as_json: bool) -> None:
+    """cleanup and abandon: show what will be dropped and ask, then drop, and one report."""
     with connected(dsn) as (_, conn):
         plan, record = load(conn, plan_ref)
+        preview = preview_drop(conn, plan, record, "cleanup" if action is cleanup_plan else "abandon")
+        if preview.needs_confirmation:
+            confirm_irreversible(f"{preview.action} plan {plan.name}", _question(preview), yes=yes)
         result = action(conn, plan, record, lock_timeout_ms=lock_timeout, retries=retries)
         phase = get_plan(conn, plan.name).phase
     if as_json:
         echo_json(result.to_json(), plan=plan.name, phase=phase)
         return
-    click.echo(f"plan {plan.name}: {kind}. Dropped column {result.column}"
-               + (f", index {', '.join(result.indexes)}" if result.indexes else "") + " and the change tracking.")
+    if result.already_done:
+        click.echo(f"plan {plan.name}: {kind} already; nothing to drop")
+        return
+    if result.dropped_anything:
+        dropped = ([f"column {result.column}"] if result.column_existed else []) \
+            + ([f"index {', '.join(result.indexes)}"] if result.indexes else [])
+        click.echo(f"plan {plan.name}: {kind}. Dropped {', '.join(dropped)} and the change tracking.")
+    else:
+        click.echo(f"plan {plan.name}: {kind}.")
     for note in result.notes:
         click.echo(f"  {note}")
+    if action is abandon_plan:
+        click.echo(f"  its ledger rows are removed; the name {plan.name} is free for a new plan")
+
+
+def _question(preview: DropPreview) -> list[str]:
+    lines = [f"{preview.action} of plan {preview.plan} drops, without CASCADE:"]
+    lines += [f"  - {item}" for item in preview.drops]
+    if preview.ends_rollback:
+        lines.append("This is final: `reembed rollback` is no longer possible afterwards.")
+    return lines
 
 
 @cli.command()
 @click.argument("plan_ref", metavar="PLAN")
 @_lock_options
+@yes_option
 @dsn_option
 @json_option
 @handle_errors
-def cleanup(plan_ref: str, lock_timeout: int, retries: int, dsn: str | None, as_json: bool) -> None:
+def cleanup(plan_ref: str, lock_timeout: int, retries: int, yes: bool, dsn: str | None, as_json: bool) -> None:
     """Finish a cut-over PLAN: drop the old vectors' column and index and the change tracking.
     Final: no rollback after this.
 
     \b
     Drops without CASCADE: anything still using the old column stops it, named. The old
     column's space returns only when the table is rewritten (VACUUM FULL, or pg_repack
-    online); the report says how much.
+    online); the report says how much. On a terminal it shows what it will drop and asks;
+    --yes skips the question, and without a terminal --yes is required (else exit 2).
+    A rerun on a cleaned-up plan exits 0 and says there is nothing left to drop.
     """
-    _drop_command(cleanup_plan, "cleaned up", plan_ref, lock_timeout, retries, dsn, as_json)
+    _drop_command(cleanup_plan, "cleaned up", plan_ref, lock_timeout, retries, yes, dsn, as_json)
 
 
 @cli.command()
 @click.argument("plan_ref", metavar="PLAN")
 @_lock_options
+@yes_option
 @dsn_option
 @json_option
 @handle_errors
-def abandon(plan_ref: str, lock_timeout: int, retries: int, dsn: str | None, as_json: bool) -> None:
+def abandon(plan_ref: str, lock_timeout: int, retries: int, yes: bool, dsn: str | None, as_json: bool) -> None:
     """Give up PLAN before cutover (or after a rollback): drop the new vectors' column and index
-    and the change tracking. The table is left as it was before the plan."""
-    _drop_command(abandon_plan, "abandoned", plan_ref, lock_timeout, retries, dsn, as_json)
+    and the change tracking, and its ledger rows. The table is left as it was before the plan,
+    and the plan's name is free for a new `reembed plan`.
+
+    \b
+    On a terminal it shows what it will drop and asks; --yes skips the question, and without
+    a terminal --yes is required (else exit 2). A plan never prepared has nothing to drop; a
+    rerun on an abandoned plan exits 0 and says so.
+    """
+    _drop_command(abandon_plan, "abandoned", plan_ref, lock_timeout, retries, yes, dsn, as_json)

@@ -114,6 +114,12 @@ def verification_gate(conn: psycopg.Connection, plan: Plan, record: PlanRecord) 
         return False, f"plan {plan.name!r} has not been verified: run `reembed verify {plan.name}`"
     _, at, passed, token, result = row
     when = at.isoformat(timespec="seconds")
+    rolled_back = conn.execute("SELECT max(at) FROM reembed.swaps WHERE plan_id = %s AND direction = 'rollback'",
+                               (record.id,)).fetchone()[0]  # type: ignore[index]
+    if rolled_back is not None and rolled_back > at:
+        return False, (f"plan {plan.name!r} was rolled back ({rolled_back.isoformat(timespec='seconds')}) after its "
+                       f"last verification ({when}): a cutover after a rollback needs a new passing "
+                       f"`reembed verify {plan.name}`")
     if not passed:
         failed = [c.get("name") for c in (result or {}).get("checks", []) if not c.get("passed")]
         return False, (f"the latest verification of {plan.name!r} ({when}) failed: {', '.join(failed) or 'see it'}; "

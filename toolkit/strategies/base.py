@@ -92,10 +92,15 @@ class DropResult:
     index_bytes: int = 0
     column_bytes: int = 0
     notes: list[str] = field(default_factory=list)
-    indexes: list[str] = field(default_factory=list)
+    indexes: list[str] = field(default_factory=list)  # the indexes that existed and were dropped
+    already_done: bool = False  # a rerun: the plan was in this final phase already, nothing was touched
+
+    @property
+    def dropped_anything(self) -> bool:
+        return self.column_existed or bool(self.indexes)
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "dropped_anything": self.dropped_anything}
 
 
 Retry = Callable[[int, float, float], None]

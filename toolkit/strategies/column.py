@@ -332,8 +332,7 @@ def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: s
 
     oid = dependents.table_oid(conn, plan.table)
     exists = swap.column_state(conn, oid, column) is not None
-    result = DropResult(phase=phase, column=column, column_existed=exists, index=indexes[0] if indexes else None,
-                        indexes=list(indexes))
+    result = DropResult(phase=phase, column=column, column_existed=exists, index=indexes[0] if indexes else None)
     if exists:
         blockers = _bound_elsewhere(conn, oid, column, plan.table_schema, set(indexes))
         if blockers:
@@ -346,6 +345,8 @@ def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: s
         ident = sql.Identifier(plan.table_schema, index)
         size = conn.execute("SELECT pg_relation_size(to_regclass(%s))", (ident.as_string(conn),)).fetchone()[0]  # type: ignore[index]
         result.index_bytes += int(size or 0)
+        if size is not None:  # it exists (an empty index has 0 bytes)
+            result.indexes.append(index)
         if size:
             freed.append(index)
         conn.execute(template("index_drop", index=ident))  # CONCURRENTLY: before the column, without a long lock
