@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from toolkit import surroundings as around
 from toolkit.catalog import TableInfo
 from toolkit.plan import Plan
+
+if TYPE_CHECKING:
+    from toolkit.phases.status import PlanStatus
 
 
 def size(n: int | float) -> str:
@@ -107,3 +110,34 @@ def plan_report(plan: Plan, path: str, preflight: str, triggers: Sequence[str] =
     if subscribers:
         steps += ["", "logical replication:"] + [f"  {s}" for s in subscribers]
     return "\n".join(steps)
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def duration(seconds: float | None) -> str:
+    """`1h02m`, `4m05s`, `12s`; `-` when unknown."""
+    if seconds is None:
+        return "-"
+    total = int(round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def status_report(s: "PlanStatus") -> str:
+    p = s.progress
+    lines = [f"plan {s.name}: phase {s.phase}",
+             f"  the application reads {s.reads}",
+             f"  {s.target_model} vectors: {s.new_vectors or 'dropped'}; {s.source_model} vectors: "
+             f"{s.old_vectors or 'dropped'}"]
+    if p.rows_total:
+        lines.append(f"  rows: {p.rows_embedded} of {p.rows_total} embedded, {p.rows_skipped} skipped, {p.rows_pending} "
+                     f"pending ({percent(s.percent)} done); {s.rows_per_second:g} rows/s over the last minute, "
+                     f"{duration(s.eta_seconds)} left at that rate")
+        lines.append(f"  leases: {p.leases_held} rows held by {p.lease_holders} process(es); "
+                     f"{p.rows_embedded_more_than_once} rows embedded more than once")
+    if s.last_event:
+        lines.append(f"  last event {s.last_event['at']}: {s.last_event['message']}")
+    return "\n".join(lines)

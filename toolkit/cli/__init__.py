@@ -8,7 +8,7 @@ import importlib
 from toolkit.cli.common import cli
 
 # One module per phase; a module that is not there yet simply adds no commands.
-_COMMAND_MODULES = ("database", "planning", "backfill", "index", "verify", "cutover", "demo", "tools")
+_COMMAND_MODULES = ("database", "planning", "backfill", "status", "index", "verify", "cutover", "demo", "tools")
 
 for _name in _COMMAND_MODULES:
     try:

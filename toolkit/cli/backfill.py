@@ -1,4 +1,4 @@
-"""`reembed run`, `reembed status`, `reembed bench`."""
+"""`reembed run`, `reembed bench`."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ import click
 from toolkit import render
 from toolkit.cli.common import cli, connected, dsn_option, echo_json, handle_errors, json_option
 from toolkit.cli.options import POSITIVE_INT, concurrency_option, provider_options, quota_options
-from toolkit.errors import BadInput
-from toolkit.migrations import current_revision
 from toolkit.phases.backfill import DEFAULT_BATCH_SIZE, DEFAULT_LEASE_SECONDS, RunOptions, RunSummary, rollback_fill
 from toolkit.phases.backfill import run as run_backfill
 from toolkit.errors import BadInput
-from toolkit.phases.status import plan_status
 from toolkit.providers.models import BATCH_JOB_ROWS
 
 
@@ -99,39 +96,6 @@ def _summary_text(s: RunSummary) -> str:
         lines.append(f"  {p.rows_pending} rows still pending (changed by the application during the run, or held "
                      "by other processes); run again, or let cutover catch them up")
     return "\n".join(lines)
-
-
-@cli.command()
-@click.argument("plan_ref", metavar="[PLAN]", required=False)
-@dsn_option
-@json_option
-@handle_errors
-def status(plan_ref: str | None, dsn: str | None, as_json: bool) -> None:
-    """Progress of PLAN (or of every live plan): phase, rows embedded / pending / skipped, leases
-    held and by how many processes, rows embedded more than once, the last event."""
-    with connected(dsn, schema=False, changes=False) as (_, conn):  # read-only: never creates schema reembed
-        if current_revision(conn) is None and plan_ref:
-            raise BadInput(f"no plan named {plan_ref!r}: this database has no schema reembed (see `reembed init`)")
-        reports = plan_status(conn, plan_ref) if current_revision(conn) is not None else []
-    if as_json:
-        if plan_ref:
-            echo_json(reports[0], plan=reports[0]["name"], phase=reports[0]["phase"])
-        else:
-            echo_json({"plans": reports})
-        return
-    if not reports:
-        click.echo("no live plans")
-        return
-    rows = [[r["name"], r["phase"], r["shadow_column"], r["rows_total"], r["rows_embedded"], r["rows_pending"],
-             r["rows_skipped"], r["leases_held"], (r.get("last_event") or {}).get("message", "")] for r in reports]
-    click.echo(render.table(rows, ["plan", "phase", "shadow column", "rows", "embedded", "pending", "skipped",
-                                   "leased", "last event"]))
-    jobs = [[r["name"], j["job_name"] or j["display_name"], j["state"], j["provider_state"] or "", j["rows"],
-             j["rows_written"], j["rows_failed"], j["rows_changed"]] for r in reports for j in r["batch_jobs"]]
-    if jobs:
-        click.echo("\nbatch jobs (--batch-api):")
-        click.echo(render.table(jobs, ["plan", "job", "state", "provider state", "rows", "written", "failed",
-                                       "changed meanwhile"]))
 
 
 @cli.command()
