@@ -24,3 +24,17 @@ def test_wheel_ships_sql_and_alembic(tmp_path: Path) -> None:
     assert "toolkit/emulators/__init__.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "reembed = toolkit.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    # A typed library, under the license pyproject.toml declares.
+    assert "toolkit/py.typed" in names
+    licenses = [n for n in names if ".dist-info/" in n and "LICENSE" in n]
+    assert licenses and "Apache License" in zipfile.ZipFile(wheel).read(licenses[0]).decode()
+
+
+def test_license_file_matches_pyproject_and_there_is_a_changelog() -> None:
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
+    assert (declared.get("text") if isinstance(declared, dict) else declared) == "Apache-2.0"
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog")
