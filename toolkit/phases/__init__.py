@@ -6,4 +6,4 @@ a check that refuses before touching anything, the action, and its inverse where
 """
 
 # Phases whose `planned_sql(plan)` shows the DDL they will run (`reembed plan --sql`).
-SQL_PHASES = ("prepare", "index", "cutover", "cleanup")
+SQL_PHASES = ("prepare", "index", "cutover", "rollback", "cleanup")

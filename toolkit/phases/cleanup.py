@@ -77,8 +77,8 @@ def _existing(conn: psycopg.Connection, plan: Plan, record: PlanRecord, column: 
     return {"column": has_column, "indexes": present, "tracking": trigger if tracked else None}
 
 
-def planned_sql(plan: Plan) -> list[sql.Composable]:
-    return strategy_for(plan).cleanup_sql(plan)
+def planned_sql(plan: Plan, plan_id: int | None = None) -> list[sql.Composable]:
+    return strategy_for(plan).cleanup_sql(plan, plan_id or 0)
 
 
 def check_cleanup(record: PlanRecord, plan: Plan) -> None:

@@ -62,8 +62,8 @@ class CheckResult:
     dependents: dict[str, list[str]] = field(default_factory=dict)
 
 
-def planned_sql(plan: Plan) -> list[sql.Composable]:
-    return strategy_for(plan).swap_sql(plan, "cutover")
+def planned_sql(plan: Plan, conn: psycopg.Connection | None = None) -> list[sql.Composable]:
+    return strategy_for(plan).swap_sql(plan, "cutover", conn)
 
 
 def backfill_state(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> BackfillState:

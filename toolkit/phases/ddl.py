@@ -8,7 +8,7 @@ never with strings typed by a user.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 from psycopg import sql
 
@@ -34,3 +34,23 @@ def options_clause(options: dict[str, Any]) -> sql.Composable:
         return sql.SQL("")
     items = [sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in sorted(options.items())]
     return sql.SQL("WITH ({})").format(sql.SQL(", ").join(items))
+
+
+class _Recorder:
+    """Stands in for a connection where code only executes statements: keeps them instead."""
+
+    def __init__(self) -> None:
+        self.statements: list[sql.Composable] = []
+
+    def execute(self, query: sql.Composable | str, params: Any = None) -> "_Recorder":
+        assert params is None, "a recorded statement must be complete, with no parameters"
+        self.statements.append(query if isinstance(query, sql.Composable) else sql.SQL(query))
+        return self
+
+
+def recorded(action: Callable[..., Any], *args: Any, **kwargs: Any) -> list[sql.Composable]:
+    """The statements `action(conn, *args)` would execute, for `reembed plan --sql`: the same code
+    that runs them renders them, so what is shown is what will run."""
+    recorder = _Recorder()
+    action(recorder, *args, **kwargs)
+    return recorder.statements

@@ -89,13 +89,24 @@ class IndexResult:
         return out
 
 
-def planned_sql(plan: Plan) -> list[sql.Composable]:
+def planned_sql(plan: Plan, conn: psycopg.Connection | None = None) -> list[sql.Composable]:
+    """The session settings and the builds; with `conn`, the memory worked out for the table's rows
+    now, with the default cap (`reembed index` works it out again when it runs)."""
     targets = strategy_for(plan).index_targets(plan, "backfilled")
     if not targets:
         return []
-    settings = sql.SQL("SELECT set_config('maintenance_work_mem', {}, false)").format(
-        sql.Literal("<rows x (4*dims+8) x 1.3, capped by --maintenance-work-mem>"))
-    return [settings] + [t.statement for t in targets]
+    if conn is not None:
+        settings = build_settings(conn, plan, parse_size(DEFAULT_MEMORY_CAP), None)
+        session = _session(settings)
+    else:
+        session = sql.SQL("SELECT set_config('maintenance_work_mem', {}, false)").format(
+            sql.Literal("<rows x (4*dims+8) x 1.3, capped by --maintenance-work-mem>"))
+    return [session] + [t.statement for t in targets]
+
+
+def _session(settings: BuildSettings) -> sql.Composed:
+    return template("index_session", memory=sql.Literal(f"{settings.maintenance_work_mem // 1024}kB"),
+                    workers=sql.Literal(str(settings.workers)))
 
 
 def _index_state(conn: psycopg.Connection, target: IndexTarget) -> tuple[bool, bool, str] | None:
@@ -217,8 +228,7 @@ def _build_with_progress(db: Database, plan: Plan, target: IndexTarget, settings
 
     def run() -> None:
         try:
-            builder.execute(template("index_session", memory=sql.Literal(f"{settings.maintenance_work_mem // 1024}kB"),
-                                     workers=sql.Literal(str(settings.workers))))
+            builder.execute(_session(settings))
             builder.execute(target.statement)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             error.append(exc)

@@ -128,7 +128,10 @@ def planned_sql(conn: psycopg.Connection, plan: Plan, plan_id: int | None = None
         statements = getattr(module, "planned_sql", None)
         if statements is None:
             continue
-        takes_id = "plan_id" in inspect.signature(statements).parameters
-        composed = statements(plan, plan_id=plan_id) if takes_id else statements(plan)
+        parameters = inspect.signature(statements).parameters
+        extra = {"plan_id": plan_id} if "plan_id" in parameters else {}
+        if "conn" in parameters:  # statements that depend on the table as it is now
+            extra["conn"] = conn
+        composed = statements(plan, **extra)
         out[phase] = [s.as_string(conn) for s in composed]
     return out

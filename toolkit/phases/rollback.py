@@ -39,8 +39,8 @@ class RollbackResult:
                 "missing_keys": self.missing_keys, "notes": self.notes}
 
 
-def planned_sql(plan: Plan) -> list[sql.Composable]:
-    return strategy_for(plan).swap_sql(plan, "rollback")
+def planned_sql(plan: Plan, conn: psycopg.Connection | None = None) -> list[sql.Composable]:
+    return strategy_for(plan).swap_sql(plan, "rollback", conn)
 
 
 def check(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> None:

@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 
 from toolkit.errors import GateFailed
 from toolkit.phases import dependents
-from toolkit.phases.ddl import template
+from toolkit.phases.ddl import recorded, template
 from toolkit.phases.locking import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_RETRIES, run_locked
 from toolkit.plan import PG_IDENTIFIER_MAX, Plan
 from toolkit.state import PlanRecord, log_event, set_phase
@@ -71,13 +71,16 @@ def column_state(conn: psycopg.Connection, oid: int, column: str) -> tuple[bool,
     return (row[0], row[1]) if row else None
 
 
-def statements(plan: Plan, exchange: Exchange) -> list[sql.Composable]:
-    """The fixed part of the swap, for `reembed plan --sql` (dependents are found at cutover time)."""
+def statements(plan: Plan, exchange: Exchange, captured: dependents.Captured | None = None) -> list[sql.Composable]:
+    """The swap's statements for `reembed plan --sql`. With `captured` (what binds to the column
+    now) the re-creation of every dependent is rendered by the code that will run it, with its
+    definition; cutover captures again under its lock, so a dependent added later is handled too."""
     table = plan.table
+    views = [sql.Identifier(v.schema, v.name) for v in captured.views if v.kind == "view"] if captured else []
     out: list[sql.Composable] = [
         sql.SQL("BEGIN"),
         template("cutover_lock_timeout", timeout=sql.Literal(f"{DEFAULT_LOCK_TIMEOUT_MS}ms")),
-        template("cutover_lock", relations=table),
+        template("cutover_lock", relations=sql.SQL(", ").join([*views, table])),
         template("cutover_rename_column", table=table, old_name=sql.Identifier(exchange.column),
                  new_name=sql.Identifier(exchange.aside)),
         template("cutover_rename_column", table=table, old_name=sql.Identifier(exchange.incoming),
@@ -89,10 +92,16 @@ def statements(plan: Plan, exchange: Exchange) -> list[sql.Composable]:
         out += [template("cutover_drop_not_null", table=table, column=sql.Identifier(exchange.aside)),
                 template("cutover_not_null_check", table=table, constraint=sql.Identifier(helper_check_name(plan)),
                          column=sql.Identifier(exchange.column))]
-    out += [sql.SQL("-- re-create views, SQL-body functions, policies, triggers, CHECK constraints, statistics, "
-                    "publication column lists, column grants, comment and statistics target bound to {}")
-            .format(sql.Identifier(exchange.column)),
-            sql.SQL("COMMIT")]
+    if captured is not None:
+        out += recorded(dependents.recreate, plan.table_schema, plan.table_name, captured)
+    else:
+        out.append(sql.SQL("-- re-create views, SQL-body functions, policies, triggers, CHECK constraints, "
+                           "statistics, publication column lists, column grants, comment and statistics target "
+                           "bound to {}").format(sql.Identifier(exchange.column)))
+    if exchange.aside_comment is not None:
+        out.append(template("cutover_comment", column=sql.Identifier(plan.table_schema, plan.table_name, exchange.aside),
+                            comment=sql.Literal(exchange.aside_comment)))
+    out.append(sql.SQL("COMMIT"))
     if plan.column_not_null:
         check = sql.Identifier(helper_check_name(plan))
         out += [template("cutover_validate_constraint", table=table, constraint=check),

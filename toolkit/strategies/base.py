@@ -164,7 +164,8 @@ class Strategy(Protocol):
                     retries: int) -> list[str]:
         """After the lock: what needs a scan (VALIDATE, NOT NULL). Idempotent; returns notes."""
 
-    def swap_sql(self, plan: "Plan", direction: str) -> list[sql.Composable]: ...
+    def swap_sql(self, plan: "Plan", direction: str, conn: psycopg.Connection | None = None) -> list[sql.Composable]:
+        """The swap's statements; with `conn`, the dependents as they are now, with their definitions."""
 
     # -- cleanup / abandon ------------------------------------------------------------------
     def cleanup(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord", *, lock_timeout_ms: int,
@@ -173,4 +174,4 @@ class Strategy(Protocol):
     def abandon(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord", *, lock_timeout_ms: int,
                 retries: int) -> DropResult: ...
 
-    def cleanup_sql(self, plan: "Plan") -> list[sql.Composable]: ...
+    def cleanup_sql(self, plan: "Plan", plan_id: int = 0) -> list[sql.Composable]: ...

@@ -197,8 +197,12 @@ class ColumnStrategy:
                     retries: int) -> list[str]:
         return swap.finish(conn, plan, record, lock_timeout_ms=lock_timeout_ms, retries=retries)
 
-    def swap_sql(self, plan: Plan, direction: str) -> list[sql.Composable]:
-        return swap.statements(plan, self._exchange(plan, direction))
+    def swap_sql(self, plan: Plan, direction: str, conn: psycopg.Connection | None = None) -> list[sql.Composable]:
+        exchange = self._exchange(plan, direction)
+        captured = None
+        if conn is not None and conn.execute("SELECT to_regclass(%s)", (plan.table.as_string(conn),)).fetchone()[0]:
+            captured = dependents.capture(conn, dependents.table_oid(conn, plan.table), exchange.column)
+        return swap.statements(plan, exchange, captured)
 
     # -- cleanup / abandon ------------------------------------------------------------------
     def cleanup(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
@@ -213,12 +217,14 @@ class ColumnStrategy:
         return _drop(conn, plan, record, column=new.column, indexes=new.index_names, phase="abandoned",
                      lock_timeout_ms=lock_timeout_ms, retries=retries)
 
-    def cleanup_sql(self, plan: Plan) -> list[sql.Composable]:
+    def cleanup_sql(self, plan: Plan, plan_id: int = 0) -> list[sql.Composable]:
         old = self.places(plan, "cut_over").old
+        names = tracking_names(plan_id)
         out: list[sql.Composable] = [template("index_drop", index=sql.Identifier(plan.table_schema, name))
                                      for name in old.index_names]
         out.append(template("cleanup_drop_column", table=plan.table, column=sql.Identifier(old.column)))
-        out.append(sql.SQL("-- then drop the plan's change tracking trigger and function (see prepare)"))
+        out.append(template("prepare_drop_trigger", trigger=sql.Identifier(names.trigger), table=plan.table))
+        out.append(template("prepare_drop_function", function=names.function))
         return out
 
 
