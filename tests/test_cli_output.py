@@ -148,6 +148,7 @@ def test_ctrl_c_exits_130_and_says_the_state_is_consistent(conn: psycopg.Connect
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "run the command again" in err
+    assert 0 <= err.index("reembed: stopping…") < err.index("interrupted")  # said at once, before the wind-down
     assert _document(out)["exit_code"] == 130
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from datetime import date, datetime
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -62,7 +64,28 @@ class ReembedCommand(click.Command):
     def invoke(self, ctx: click.Context) -> Any:
         _take_global_options(ctx)
         configure_logging(ctx.meta.get(_VERBOSITY, 0))
-        return super().invoke(ctx)
+        with _saying_stopping():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _saying_stopping() -> Iterator[None]:
+    """Ctrl-C says "stopping…" the moment it is pressed (finishing a batch or cancelling a build can
+    take a few seconds); a second Ctrl-C is Python's default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_interrupt(_signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        click.echo("reembed: stopping…", err=True)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _take_global_options(ctx: click.Context) -> None:

@@ -19,12 +19,12 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from tqdm import tqdm
 
 from toolkit.db import Database
 from toolkit.errors import BadInput, GateFailed
 from toolkit.phases.ddl import template
 from toolkit.plan import Plan
+from toolkit.progress import progress as show_progress
 from toolkit.state import PlanRecord, log_event, set_phase
 from toolkit.strategies import IndexTarget, strategy_for
 
@@ -236,20 +236,21 @@ def _build_with_progress(db: Database, plan: Plan, target: IndexTarget, settings
     worker = threading.Thread(target=run, name="reembed-index-build", daemon=True)
     monitor = db.connect()
     name = target.name
-    bar = tqdm(total=0, desc=f"index {name}", unit="blocks", disable=not progress, leave=False)
+    bar = show_progress(0, desc=f"index {name}", unit="tuples", enabled=progress, leave=False)
     try:
         worker.start()
         while worker.is_alive():
             worker.join(0.25)
-            row = monitor.execute(
-                "SELECT phase, blocks_total, blocks_done, tuples_done FROM pg_stat_progress_create_index "
-                "WHERE pid = %s", (pid,)).fetchone()
+            row = monitor.execute(template("index_progress", pid=sql.Literal(pid))).fetchone()
             if row:
-                phase, total, done, tuples = row
+                # What pgvector reports: its phase ("loading tuples", "performing k-means", ...) and
+                # tuples done of total; blocks only when a phase counts no tuples.
+                phase, tuples_total, tuples_done, blocks_total, blocks_done = row
+                total, done = (tuples_total, tuples_done) if tuples_total else (blocks_total, blocks_done)
                 if total and bar.total != total:
                     bar.reset(total=total)
                 bar.n = done or 0
-                bar.set_postfix_str(f"{phase}, {tuples or 0} tuples", refresh=False)
+                bar.set_postfix_str(phase or "", refresh=False)
                 bar.refresh()
     except KeyboardInterrupt:
         builder.cancel()  # leaves an INVALID index: the next `reembed index` drops and rebuilds it

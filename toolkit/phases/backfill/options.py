@@ -3,7 +3,6 @@ pieces every part of a run shares: the write throttle and the progress bar."""
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -126,7 +125,6 @@ class Throttle:
 
 
 def progress_bar(total: int, enabled: bool) -> Any:
-    from tqdm import tqdm
+    from toolkit.progress import progress
 
-    return tqdm(total=total, unit="rows", desc="re-embedding", disable=not enabled, file=sys.stderr,
-                dynamic_ncols=True, smoothing=0.1)
+    return progress(total, desc="re-embedding", unit="rows", enabled=enabled, dynamic_ncols=True, smoothing=0.1)
