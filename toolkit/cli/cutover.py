@@ -10,8 +10,8 @@ from toolkit import render
 from toolkit.cli.common import (cli, confirm_irreversible, connected, dsn_option, echo_json, handle_errors,
                                 json_option, yes_option)
 from toolkit.cli.options import provider_options
-from toolkit.phases.cleanup import abandon as abandon_plan
 from toolkit.phases.cleanup import DropPreview
+from toolkit.phases.cleanup import abandon as abandon_plan
 from toolkit.phases.cleanup import cleanup as cleanup_plan
 from toolkit.phases.cleanup import preview as preview_drop
 from toolkit.phases.cutover import DEFAULT_CATCH_UP_ROWS, CutoverOptions
