@@ -71,7 +71,8 @@ def test_hostile_identifiers_and_texts_through_the_whole_lifecycle(conn, run_cli
     assert reasons == {"empty text"}
     assert_nothing_lost(conn, "hostile")
     for step in (("index", "hostile", "--no-progress"), ("verify", "hostile", "--no-source", "--max-outliers", "8"),
-                 ("cutover", "hostile"), ("rollback", "hostile"), ("cutover", "hostile")):
+                 ("cutover", "hostile"), ("rollback", "hostile"),
+                 ("verify", "hostile", "--no-source", "--max-outliers", "8"), ("cutover", "hostile")):
         res = run_cli(*step)
         assert res.exit_code == 0, (step, res.output)
     assert_nothing_lost(conn, "hostile")
@@ -235,7 +236,8 @@ def test_no_password_or_api_key_in_any_output_log_plan_file_or_stored_row(conn, 
                               "--name", "p1", "-o", "p1.toml", "--sql"),
         ("plans", "--json"), ("run", "p1"), ("status", "p1", "--json"), ("index", "p1"),
         ("verify", "p1", "--no-source", "--json"), ("cutover", "p1"), ("rollback", "p1", "--json"),
-        ("cutover", "p1", "--json"), ("embed-query", "hello", "--plan", "p1"), ("cleanup", "p1", "--yes"),
+        ("verify", "p1", "--no-source"), ("cutover", "p1", "--json"), ("embed-query", "hello", "--plan", "p1"),
+        ("cleanup", "p1", "--yes"),
         ("cutover", "p1"),  # an error: refused after cleanup
         ("status", "nope"),  # an error: unknown plan
     ]
@@ -244,7 +246,7 @@ def test_no_password_or_api_key_in_any_output_log_plan_file_or_stored_row(conn, 
         result = run_cli("--verbose", *command, *extra)
         outputs[f"{' '.join(command)} (exit {result.exit_code})"] = result.stdout + result.stderr
     codes = [int(re.search(r"exit (\d+)", k).group(1)) for k in outputs]  # type: ignore[union-attr]
-    assert codes[:12] == [0] * 12 and codes[12] != 0 and codes[13] != 0, outputs
+    assert codes[:13] == [0] * 13 and codes[13] != 0 and codes[14] != 0, outputs
     # A subprocess too, as a user runs it, with an unreachable host in the DSN (the error names the DSN).
     proc = subprocess.run(["python", "-m", "toolkit", "--verbose", "status", "--dsn",
                            f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/x"], capture_output=True, text=True,

@@ -81,7 +81,8 @@ def test_the_whole_lifecycle_as_a_role_with_only_the_documented_rights(conn, dat
         app_conn.execute("UPDATE docs SET content = %s WHERE id = 3", (passage(3003),))
         app_conn.execute("DELETE FROM docs WHERE id = 4")
     steps = [("run", "p1", "--no-progress"), ("index", "p1", "--no-progress"), ("verify", "p1", "--no-source"),
-             ("cutover", "p1"), ("rollback", "p1"), ("cutover", "p1"), ("cleanup", "p1", "--yes")]
+             ("cutover", "p1"), ("rollback", "p1"), ("verify", "p1", "--no-source"), ("cutover", "p1"),
+             ("cleanup", "p1", "--yes")]
     for step in steps:
         res = run_cli(*step)
         assert res.exit_code == 0, (step, res.output)
@@ -102,7 +103,7 @@ def test_a_role_that_does_not_own_the_table_is_refused_in_one_line_and_nothing_c
     migrator, app = roles
     _setup(conn, migrator, app, schema="CREATE on database")
     monkeypatch.setenv("DATABASE_URL", _dsn_as(database.dsn, migrator))
-    assert run_cli("plans").exit_code == 0  # the migrator creates schema reembed and its tables
+    assert run_cli("init").exit_code == 0  # the migrator creates schema reembed and its tables
     # The application's role tries to migrate its table: it may read and write rows, not alter it.
     conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA reembed TO {}").format(sql.Identifier(app)))
     conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA reembed TO {}").format(
