@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from backfill_support import gemini, make_plan, mismatches, reembed_subprocess, shadow_column  # noqa: F401
+from cli_support import error_lines
 from tables import create_docs
 
 from toolkit.errors import DailyQuotaExhausted
@@ -97,7 +98,7 @@ def test_the_run_stops_cleanly_on_the_daily_quota_and_the_next_day_finishes(conn
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err
     assert "resets at midnight Pacific time, in" in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1  # one line
+    assert len(error_lines(err)) == 1  # one line
     done, leased = conn.execute("SELECT count(*) FILTER (WHERE state = 'done'), count(lease_owner) "
                                 "FROM reembed.ledger").fetchone()
     assert 0 < done <= 200 and leased == 0  # nothing past the quota, every lease given back
@@ -116,7 +117,7 @@ def test_the_estimate_counts_days_when_the_daily_cap_binds(conn, run_cli) -> Non
     free = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--offline", "--name", "free",
                    "--json", "-o", "free.toml")
     assert free.exit_code == 0, free.output
-    estimate = json.loads(free.stdout)["plan"]["estimate"]
+    estimate = json.loads(free.stdout)["spec"]["estimate"]
     assert (estimate["rpd"], estimate["days_at_quota"]) == (1000, 0.0)  # 300 rows fit in one quota day
     conn.execute("DELETE FROM reembed.plans")
     capped = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--offline", "--name", "capped",

@@ -37,7 +37,7 @@ from toolkit.providers.models import BATCH_JOB_ROWS
                    "run never submits or pays for one twice.")
 @click.option("--batch-job-rows", type=POSITIVE_INT, default=BATCH_JOB_ROWS, show_default=True,
               help="Rows per batch job (--batch-api).")
-@click.option("--batch-poll-seconds", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+@click.option("--batch-poll-seconds", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               help="Seconds between polls of the open batch jobs (--batch-api).")
 @click.option("--batch-inline-limit-bytes", type=POSITIVE_INT, hidden=True,
               help="Above this request size a job's requests go as an uploaded file (default: the API's limit).")
