@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from cli_support import error_lines
 from shapes_support import table_state
 from tables import create_docs
 
@@ -47,11 +48,11 @@ def test_force_row_level_security_on_the_owners_table_is_refused_naming_the_fixe
     conn.execute("ALTER TABLE docs ENABLE ROW LEVEL SECURITY")
     conn.execute("ALTER TABLE docs FORCE ROW LEVEL SECURITY")
     conn.execute("CREATE POLICY one_in_three ON docs USING (id % 3 = 0)")
-    run_cli("plans")  # reembed's tables, created by the migrator
+    run_cli("init")  # reembed's tables, created by the migrator
     before = table_state(conn)
     result = run_cli("plan", *PLAN_ARGS)
     assert result.exit_code == 2, result.output
-    message = result.stderr.strip()
+    message = "\n".join(error_lines(result.stderr))
     assert len(message.splitlines()) == 1
     assert "FORCE ROW LEVEL SECURITY" in message and f"ALTER ROLE {migrator} BYPASSRLS" in message
     assert "NO FORCE ROW LEVEL SECURITY" in message
@@ -60,7 +61,7 @@ def test_force_row_level_security_on_the_owners_table_is_refused_naming_the_fixe
     conn.execute("ALTER TABLE docs NO FORCE ROW LEVEL SECURITY")
     result = run_cli("plan", *PLAN_ARGS, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["plan"]["estimate"]["rows_total"] == 300
+    assert json.loads(result.stdout)["spec"]["estimate"]["rows_total"] == 300
 
 
 def test_row_security_for_a_role_that_does_not_own_the_table_is_refused(conn, run_cli, migrator, database,  # type: ignore[no-untyped-def]
@@ -93,11 +94,11 @@ def test_every_missing_privilege_is_named_at_plan_and_nothing_changes(conn, run_
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(sql.Identifier(migrator)))
         conn.execute(sql.SQL("REVOKE TEMP ON DATABASE {} FROM PUBLIC").format(sql.Identifier(conn.info.dbname)))
-        run_cli("plans")
+        run_cli("init")
         before = table_state(conn)
         result = run_cli("plan", *PLAN_ARGS)
         assert result.exit_code == 2, result.output
-        message = result.stderr.strip()
+        message = "\n".join(error_lines(result.stderr))
         assert len(message.splitlines()) == 1
         assert f"GRANT CREATE ON SCHEMA public TO {migrator}" in message
         assert f"GRANT TEMP ON DATABASE {conn.info.dbname} TO {migrator}" in message

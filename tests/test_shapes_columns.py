@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from cli_support import error_lines
 from client_tables import create_docs_with_text_type, create_langchain
 from shapes_support import column_type, lifecycle, ok, table_state, vector_mismatches
 from verify_support import verify_emulators, verify_env  # noqa: F401  (fixtures)
@@ -26,7 +27,7 @@ def test_langchain_unsized_vector_keeps_its_type_through_the_whole_lifecycle(con
     assert column_type(conn, "langchain_pg_embedding", "embedding") == "vector"
     ok(run_cli("verify", "lc"))
     ok(run_cli("cutover", "lc"))
-    ok(run_cli("cleanup", "lc"))
+    ok(run_cli("cleanup", "lc", "--yes"))
     assert column_type(conn, "langchain_pg_embedding", "embedding") == "vector"
     assert vector_mismatches(conn, "langchain_pg_embedding", "uuid", "document", "embedding") == []
 
@@ -37,7 +38,7 @@ def test_a_column_holding_several_dimensions_is_refused_at_plan_with_the_counts(
     result = run_cli("plan", "langchain_pg_embedding", *LANGCHAIN, "--offline")
     assert result.exit_code == 2
     assert "15 rows of 384 dims, 15 rows of 768 dims" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert len(error_lines(result.stderr)) == 1
     assert table_state(conn) == before
 
 

@@ -146,7 +146,7 @@ def test_a_subscriber_following_the_printed_steps_ends_with_every_new_vector(  #
                 "EXPLAIN SELECT id FROM docs ORDER BY embedding <=> %s LIMIT 5", (new_vector,)))
         assert "docs_embedding_idx" in explain, explain
 
-        assert run_cli("cleanup", "rep", "--dsn", pub_dsn).exit_code == 0
+        assert run_cli("cleanup", "rep", "--dsn", pub_dsn, "--yes").exit_code == 0
         _run(sub, drop_old["statements"])
         pub.execute("UPDATE docs SET title = 'after cleanup' WHERE id = 5")
         _wait("a change after cleanup", lambda: sub.execute(
