@@ -153,9 +153,20 @@ def test_a_subscriber_following_the_printed_steps_ends_with_every_new_vector(  #
             "SELECT title FROM docs WHERE id = 5").fetchone()[0] == "after cleanup")
         assert pub.execute("SELECT active FROM pg_replication_slots WHERE slot_name = 'docs_sub'").fetchone()[0]
     finally:
+        _drop_subscription(sub, pub)
+        pub.close()
+        sub.close()
+
+
+def _drop_subscription(sub: psycopg.Connection, pub: psycopg.Connection) -> None:
+    """Tear down whatever of the subscription exists. The walsender lets go of the slot a moment
+    after DISABLE, not at once: dropping the slot waits for that instead of failing (and hiding
+    the test's own error behind the teardown's)."""
+    if sub.execute("SELECT 1 FROM pg_subscription WHERE subname = 'docs_sub'").fetchone():
         sub.execute("ALTER SUBSCRIPTION docs_sub DISABLE")
         sub.execute("ALTER SUBSCRIPTION docs_sub SET (slot_name = NONE)")
         sub.execute("DROP SUBSCRIPTION docs_sub")
-        pub.execute("SELECT pg_drop_replication_slot('docs_sub')")
-        pub.close()
-        sub.close()
+    _wait("the slot to be released", lambda: not pub.execute(
+        "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = 'docs_sub'"
+    ).fetchone()[0])
+    pub.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'docs_sub'")
