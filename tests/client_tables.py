@@ -46,7 +46,25 @@ def create_docs_with_text_type(conn: psycopg.Connection, rows: int, text_type: s
         sql.SQL(text_type)))
     texts = [passage(i) for i in range(rows)]
     with conn.cursor().copy("COPY docs (id, content, embedding) FROM STDIN") as copy:
-        for i, (text, vector) in enumerate(zip(texts, old_vectors(texts))):
+        for i, (text, vector) in enumerate(zip(texts, old_vectors(texts) if texts else [])):
             copy.write_row((i, text, vector))
     conn.execute("CREATE INDEX docs_embedding_idx ON docs USING hnsw (embedding vector_cosine_ops)")
     conn.execute("ANALYZE docs")
+
+
+def create_vecs(conn: psycopg.Connection, rows: int, dims: int = 768) -> None:
+    """A Supabase vecs collection (`vecs.docs`: id varchar, vec vector(N) NOT NULL, metadata jsonb) with
+    vecs' own index names (`ix_vector_cosine_ops_hnsw_m16_efc64_<7 chars>`, `ix_meta_<7 chars>`).
+    vecs keeps the text in metadata; a VIRTUAL generated column exposes it to reembed."""
+    conn.execute("CREATE SCHEMA vecs")
+    conn.execute(sql.SQL("""CREATE TABLE vecs.docs (id varchar PRIMARY KEY, vec vector({}) NOT NULL,
+        metadata jsonb NOT NULL DEFAULT '{{}}'::jsonb)""").format(sql.Literal(dims)))
+    conn.execute("CREATE INDEX ix_meta_3f2a9c1 ON vecs.docs USING gin (metadata jsonb_path_ops)")
+    texts = [passage(i) for i in range(rows)]
+    with conn.cursor().copy("COPY vecs.docs (id, vec, metadata) FROM STDIN") as copy:
+        for i, (text, vector) in enumerate(zip(texts, old_vectors(texts))):
+            copy.write_row((f"doc-{i}", vector[:dims], json.dumps({"text": text, "source": "handbook"})))
+    conn.execute("CREATE INDEX ix_vector_cosine_ops_hnsw_m16_efc64_a1b2c3d ON vecs.docs "
+                 "USING hnsw (vec vector_cosine_ops) WITH (m = 16, ef_construction = 64)")
+    conn.execute("ALTER TABLE vecs.docs ADD COLUMN content text GENERATED ALWAYS AS (metadata ->> 'text') VIRTUAL")
+    conn.execute("ANALYZE vecs.docs")

@@ -37,7 +37,7 @@ def vector_mismatches(conn: psycopg.Connection, table: str, key: str, text: str,
     """Rows whose vector in `column` is not the target's RETRIEVAL_DOCUMENT vector of their text."""
     rows = conn.execute(sql.SQL("SELECT {}, {}::text, {}, {} FROM {} ORDER BY 1").format(
         sql.Identifier(key), sql.Identifier(text), sql.SQL("NULL") if title is None else sql.Identifier(title),
-        sql.Identifier(column), sql.Identifier(table))).fetchall()
+        sql.Identifier(column), sql.Identifier(*table.split(".")))).fetchall()
     return [problem for k, t, h, v in rows
             if (problem := vector_problem(k, t, v, lambda: expected_vector(
                 TARGET, t, task_type="RETRIEVAL_DOCUMENT", title=h, dimensions=dims)))]

@@ -29,6 +29,8 @@ class Column:
     storage: str = ""  # attstorage: p, e, m, x
     stats_target: int | None = None
     underlying_type: str = ""  # typname with domains resolved to the type they are over, e.g. "text"
+    generated: str = ""  # attgenerated: '' (no), 's' (stored), 'v' (virtual, PostgreSQL 18)
+    inputs: list[str] = field(default_factory=list)  # the columns a generated column is computed from
 
     @property
     def is_vector(self) -> bool:
@@ -226,6 +228,16 @@ def _columns_and_key(conn: psycopg.Connection, oid: int) -> tuple[list[Column], 
                WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""", (oid,))
     ]
     by_num = {c.attnum: c for c in columns}
+    for r in cur.execute(
+            """SELECT a.attnum, a.attgenerated::text AS generated,
+                      ARRAY(SELECT DISTINCT dep.refobjsubid::int FROM pg_depend dep
+                            WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
+                              AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid = d.adrelid
+                              AND dep.refobjsubid > 0 AND dep.refobjsubid <> d.adnum ORDER BY 1) AS inputs
+               FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+               WHERE a.attrelid = %s AND a.attgenerated <> ''""", (oid,)):
+        column = by_num[r["attnum"]]
+        column.generated, column.inputs = r["generated"], [by_num[n].name for n in r["inputs"] if n in by_num]
     pk_row = cur.execute(
         "SELECT conkey FROM pg_constraint WHERE conrelid = %s AND contype = 'p'", (oid,)).fetchone()
     return columns, [by_num[n] for n in pk_row["conkey"]] if pk_row else []
@@ -363,3 +375,25 @@ def _dependents(conn: psycopg.Connection, oid: int, by_num: dict[int, Column], n
         found.append(Dependent(kind="comment", name=by_num[attnum].name, column=by_num[attnum].name,
                                detail=description))
     return found
+
+
+@dataclass
+class Lineage:
+    """Where the table sits in an inheritance or partition tree."""
+
+    partitioned: bool  # a declaratively partitioned parent (relkind 'p')
+    children: list[str]  # inheritance children or partitions, schema.table
+    parents: list[str]  # tables this one inherits from (or is a partition of)
+    inherited_columns: list[str]  # columns that come from a parent (cannot be renamed here)
+
+
+def lineage(conn: psycopg.Connection, oid: int) -> Lineage:
+    row = conn.execute(
+        """SELECT c.relkind = 'p',
+                  ARRAY(SELECT i.inhrelid::regclass::text FROM pg_inherits i WHERE i.inhparent = c.oid ORDER BY 1),
+                  ARRAY(SELECT i.inhparent::regclass::text FROM pg_inherits i WHERE i.inhrelid = c.oid ORDER BY 1),
+                  ARRAY(SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+                        AND NOT a.attisdropped AND a.attinhcount > 0 ORDER BY a.attnum)
+           FROM pg_class c WHERE c.oid = %s""", (oid,)).fetchone()
+    assert row is not None
+    return Lineage(partitioned=row[0], children=list(row[1]), parents=list(row[2]), inherited_columns=list(row[3]))

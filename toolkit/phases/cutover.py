@@ -116,6 +116,12 @@ def check(conn: psycopg.Connection, plan: Plan, record: PlanRecord, options: Cut
         problems.append(f"{state.pending} rows are pending")
     if state.stale:
         problems.append(f"{state.stale} rows changed since they were embedded")
+    if state.stale or state.uncovered:
+        # Changed behind change tracking's back (its trigger does not fire under
+        # session_replication_role = replica): queued, so the advised run (or the catch-up) does them.
+        from toolkit.phases import ledger
+
+        ledger.requeue_untracked_changes(conn, plan, record.id, record.phase)
     if state.uncovered:
         problems.append(f"{state.uncovered} rows with text have no new vector")
     if problems:

@@ -15,13 +15,16 @@ import socket
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from toolkit.phases.ddl import template
+
+if TYPE_CHECKING:
+    from toolkit.plan import Plan
 
 Key = dict[str, Any]  # a row's primary key as the ledger stores it: {"id": 42}
 
@@ -206,3 +209,19 @@ def progress(conn: psycopg.Connection, plan_id: int) -> Progress:
     row = conn.execute(template("backfill_progress", plan_id=sql.Literal(plan_id))).fetchone()
     assert row is not None
     return Progress(*(int(v) for v in row))
+
+
+def requeue_untracked_changes(conn: psycopg.Connection, plan: "Plan", plan_id: int, phase: str) -> int:
+    """Put back as pending every row whose change tracking could not see its change (its text
+    differs from what was embedded, its new vector is gone, or it has no ledger entry), so the
+    next run makes progress on it. Scans the table once; returns the rows queued."""
+    from toolkit.phases.prepare import key_json
+    from toolkit.strategies import places
+
+    new = places(plan, phase).new
+    parts = {"plan_id": sql.Literal(plan_id), "ledger_key": key_json(plan, "t"), "table": new.ident}
+    with conn.transaction():
+        stale = conn.execute(template("ledger_requeue_stale", **parts, hash=plan.text_hash_expression("t"),
+                                      new=sql.Identifier("t", new.column))).rowcount
+        missing = conn.execute(template("ledger_track_missing", **parts)).rowcount
+    return stale + missing

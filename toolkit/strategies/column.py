@@ -245,13 +245,9 @@ def _set_storage(plan: Plan, storage: str) -> sql.Composable:
                     storage=sql.SQL(_STORAGE[storage]))
 
 
-def _watched(plan: Plan) -> list[str]:
-    return plan.tracked_columns + [c for c in plan.primary_key if c not in plan.tracked_columns]
-
-
 def _track_function(plan: Plan, plan_id: int) -> sql.Composable:
     unchanged = sql.SQL(" AND ").join(
-        sql.SQL("OLD.{c} IS NOT DISTINCT FROM NEW.{c}").format(c=sql.Identifier(c)) for c in _watched(plan))
+        sql.SQL("OLD.{c} IS NOT DISTINCT FROM NEW.{c}").format(c=sql.Identifier(c)) for c in plan.watched_columns)
     return template("prepare_track_function", function=tracking_names(plan_id).function, unchanged=unchanged,
                     old_key=key_json(plan, "OLD"), new_key=key_json(plan, "NEW"), plan_id=sql.Literal(plan_id))
 
@@ -259,7 +255,7 @@ def _track_function(plan: Plan, plan_id: int) -> sql.Composable:
 def _track_trigger(plan: Plan, plan_id: int) -> sql.Composable:
     names = tracking_names(plan_id)
     return template("prepare_track_trigger", trigger=sql.Identifier(names.trigger), table=plan.table,
-                    columns=sql.SQL(", ").join(sql.Identifier(c) for c in _watched(plan)), function=names.function)
+                    function=names.function)
 
 
 def _shadow_state(conn: psycopg.Connection, plan: Plan) -> tuple[str, dict | None] | None:

@@ -61,6 +61,13 @@ def run(db: Database, plan_ref: str, options: RunOptions) -> RunSummary:
         if released:
             log_event(conn, record.id, "lease", f"took back {released} leases of dead local processes")
         _warn_if_shadow_indexed(conn, plan, record)
+        if record.phase not in ("planned", "prepared", "backfilling"):
+            # Run again after the backfill: verify or cutover found rows changed behind change
+            # tracking's back. Queue them, so this run does what they advised.
+            queued = ledger.requeue_untracked_changes(conn, plan, record.id, record.phase)
+            if queued:
+                log_event(conn, record.id, "run", f"{queued} rows changed without change tracking seeing it: "
+                          "queued again", {"rows": queued}, phase=record.phase)
         if record.phase in ("prepared", "backfilled"):
             set_phase(conn, record.id, "backfilling", "backfill started")
             record.phase = "backfilling"
