@@ -67,3 +67,17 @@ def test_a_port_out_of_range_is_one_line_of_bad_input(run_cli, dsn: str) -> None
         assert result.exit_code == 2, result.output
         assert result.stderr.count("\n") == 1 and "port 99999" in result.stderr
         assert "s3cret-pw" not in result.output
+
+
+@pytest.mark.parametrize("contents", [[], ["", "   ", None, "\n"]], ids=["no rows", "only blank texts"])
+def test_a_table_with_nothing_to_embed_passes_verify_with_checks_not_applicable(conn, run_cli,  # type: ignore[no-untyped-def]
+                                                                                 contents: list) -> None:
+    create_docs_with_text_type(conn, 0, "text")
+    for i, text in enumerate(contents):
+        conn.execute("INSERT INTO docs (id, content) VALUES (%s, %s)", (i, text))
+    report = lifecycle(run_cli, "empty", "docs", "--column", "embedding", "--text", "content")
+    verdicts = {c["name"]: c for c in report["checks"]}
+    needs_rows = [name for name, c in verdicts.items() if "not applicable" in c["summary"]]
+    assert needs_rows, verdicts  # the checks that need rows say so instead of failing or passing vacuously
+    assert all(c["passed"] for c in verdicts.values())
+    assert column_type(conn, "docs", "embedding") == "vector(768)"

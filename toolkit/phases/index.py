@@ -11,6 +11,7 @@ Inverse: drop the new indexes (`drop_new_indexes`).
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -23,10 +24,13 @@ from psycopg import sql
 from toolkit.db import Database
 from toolkit.errors import BadInput, GateFailed
 from toolkit.phases.ddl import template
+from toolkit.phases.locking import blocking_sessions
 from toolkit.plan import Plan
 from toolkit.progress import progress as show_progress
 from toolkit.state import PlanRecord, log_event, set_phase
 from toolkit.strategies import IndexTarget, strategy_for
+
+log = logging.getLogger(__name__)
 
 # Phases in which the shadow column is complete enough to index (see module docstring).
 INDEXABLE_PHASES = ("backfilled", "indexed", "verified", "rolled_back")
@@ -195,7 +199,7 @@ def _build_one(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanR
                             f"{settings.maintenance_work_mem // 2**20} MB: the build will be slower "
                             "(raise --maintenance-work-mem)")
     started = time.monotonic()
-    _build_with_progress(db, plan, target, settings, progress)
+    _build_with_progress(db, plan, target, settings, progress, result.notes)
     built.seconds = time.monotonic() - started
     state = _index_state(conn, target)
     if state is None or not (state[0] and state[1]):
@@ -220,8 +224,9 @@ def _finish(conn: psycopg.Connection, record: PlanRecord, result: IndexResult) -
 
 
 def _build_with_progress(db: Database, plan: Plan, target: IndexTarget, settings: BuildSettings,
-                         progress: bool) -> None:
-    """Run the build on its own connection; report pg_stat_progress_create_index meanwhile."""
+                         progress: bool, notes: list[str]) -> None:
+    """Run the build on its own connection; report pg_stat_progress_create_index meanwhile, and the
+    sessions it waits for (added to `notes`)."""
     builder = db.connect()
     error: list[BaseException] = []
     pid = builder.info.backend_pid
@@ -237,6 +242,7 @@ def _build_with_progress(db: Database, plan: Plan, target: IndexTarget, settings
     monitor = db.connect()
     name = target.name
     bar = show_progress(0, desc=f"index {name}", unit="tuples", enabled=progress, leave=False)
+    reported = ""
     try:
         worker.start()
         while worker.is_alive():
@@ -250,7 +256,16 @@ def _build_with_progress(db: Database, plan: Plan, target: IndexTarget, settings
                 if total and bar.total != total:
                     bar.reset(total=total)
                 bar.n = done or 0
-                bar.set_postfix_str(phase or "", refresh=False)
+                blockers = blocking_sessions(monitor, pid) if (phase or "").startswith("waiting") else ""
+                if blockers and blockers.split(" (")[0] != reported.split(" (")[0]:
+                    # CONCURRENTLY waits, without any timeout, for every transaction that may still
+                    # see the table; an idle-in-transaction session stalls it for as long as it lives.
+                    log.warning("index %s is %s, behind %s: the build goes on once that transaction ends "
+                                "(commit it, or end the session: SELECT pg_terminate_backend(pid))",
+                                name, phase, blockers)
+                    notes.append(f"waited ({phase}) behind {blockers}")
+                reported = blockers or reported
+                bar.set_postfix_str((phase or "") + (f", waiting for {blockers}" if blockers else ""), refresh=False)
                 bar.refresh()
     except KeyboardInterrupt:
         builder.cancel()  # leaves an INVALID index: the next `reembed index` drops and rebuilds it

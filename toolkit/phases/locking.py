@@ -97,10 +97,26 @@ def lock_holders(conn: psycopg.Connection, relations: Sequence[sql.Identifier]) 
     which may hold data)."""
     names = [r.as_string(conn) for r in relations]
     rows = conn.execute(
-        """SELECT DISTINCT a.pid, coalesce(nullif(a.application_name, ''), '?'), coalesce(a.state, '?'),
-                  extract(epoch FROM now() - a.xact_start)::int
+        f"""SELECT DISTINCT {_SESSION_COLUMNS}
            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
            WHERE l.granted AND l.relation = ANY (SELECT to_regclass(n)::oid FROM unnest(%s::text[]) AS n)
              AND a.pid <> pg_backend_pid()
            ORDER BY 1""", (names,)).fetchall()
+    return _sessions(rows)
+
+
+def blocking_sessions(conn: psycopg.Connection, pid: int) -> str:
+    """The sessions `pid` is waiting for (a lock, or a CREATE INDEX CONCURRENTLY waiting for older
+    transactions), described like `lock_holders`; empty when it waits for nobody."""
+    rows = conn.execute(f"SELECT {_SESSION_COLUMNS} FROM pg_stat_activity a "
+                        "WHERE a.pid = ANY (pg_blocking_pids(%s)) ORDER BY 1", (pid,)).fetchall()
+    return _sessions(rows)
+
+
+_SESSION_COLUMNS = ("a.pid, coalesce(nullif(a.application_name, ''), '?'), coalesce(a.state, '?'), "
+                    "extract(epoch FROM now() - a.xact_start)::int")
+
+
+def _sessions(rows: Sequence[tuple]) -> str:
+    """pid, application, state, transaction age: no query text, which may hold data."""
     return "; ".join(f"pid {pid} ({app}, {state}, transaction open {age}s)" for pid, app, state, age in rows)
