@@ -269,11 +269,11 @@ def test_plan_sql_shows_index_cutover_and_cleanup_statements(conn, run_cli) -> N
     result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--offline", "--sql")
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "CREATE INDEX CONCURRENTLY \"docs_embedding_idx__gemini_embedding_001\" ON \"public\".\"docs\" USING " \
-           "\"hnsw\" (\"embedding__gemini_embedding_001\" \"vector_cosine_ops\") WITH (\"ef_construction\" = 64, " \
-           "\"m\" = 24)" in out
+    # The original's own definition (PostgreSQL's deparse), on the new column.
+    assert "CREATE INDEX CONCURRENTLY \"gemini_embedding_001__docs_embedding_idx\" ON \"public\".\"docs\" USING " \
+           "hnsw (\"embedding__gemini_embedding_001\" vector_cosine_ops) WITH (m='24')" in out
     assert 'ALTER TABLE "public"."docs" RENAME COLUMN "embedding" TO "embedding__old_nomic_embed_text"' in out
-    assert 'ALTER INDEX "public"."docs_embedding_idx__gemini_embedding_001" RENAME TO "docs_embedding_idx"' in out
+    assert 'ALTER INDEX "public"."gemini_embedding_001__docs_embedding_idx" RENAME TO "docs_embedding_idx"' in out
     assert 'ALTER TABLE "public"."docs" DROP COLUMN "embedding__old_nomic_embed_text"' in out
 
 

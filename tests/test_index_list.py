@@ -36,15 +36,15 @@ def test_every_vector_index_on_the_column_is_rebuilt_swapped_and_cleaned_up(conn
     spec = tomllib.loads((tmp_path / f"reembed-{PLAN}.toml").read_text())
     assert [i["original_name"] for i in spec["indexes"]] == [MAIN, L2, PARTIAL]  # catalog order: by name
     assert {i["shadow_name"] for i in spec["indexes"]} <= set(indexes(conn))
-    new_l2 = indexes(conn)[f"{L2}__gemini_embedding_001"]
+    new_l2 = indexes(conn)[f"gemini_embedding_001__{L2}"]
     assert "USING hnsw (embedding__gemini_embedding_001 vector_l2_ops)" in new_l2 and "m='8'" in new_l2
-    assert "WHERE (tenant = 1)" in indexes(conn)[f"{PARTIAL}__gemini_embedding_001"]
+    assert "WHERE (tenant = 1)" in indexes(conn)[f"gemini_embedding_001__{PARTIAL}"]
 
     assert run_cli("cutover", PLAN, "--force").exit_code == 0
     after = indexes(conn)
     for name in (MAIN, L2, PARTIAL):
         assert "(embedding " in after[name], after[name]
-        assert "(embedding__old_nomic_embed_text " in after[f"{name}__old_nomic_embed_text"]
+        assert "(embedding__old_nomic_embed_text " in after[f"old_nomic_embed_text__{name}"]
     vector = "'[" + ",".join(["0.03"] * 768) + "]'"
     assert L2 in _uses(conn, f"SELECT id FROM docs ORDER BY embedding <-> {vector} LIMIT 5")
     assert PARTIAL in _uses(conn, f"SELECT id FROM docs WHERE tenant = 1 ORDER BY embedding <=> {vector} LIMIT 5")
@@ -52,12 +52,12 @@ def test_every_vector_index_on_the_column_is_rebuilt_swapped_and_cleaned_up(conn
     assert run_cli("rollback", PLAN).exit_code == 0
     back = indexes(conn)
     for name in (MAIN, L2, PARTIAL):
-        assert "(embedding " in back[name] and f"{name}__gemini_embedding_001" in back
+        assert "(embedding " in back[name] and f"gemini_embedding_001__{name}" in back
 
     assert run_cli("cutover", PLAN, "--force").exit_code == 0
     result = run_cli("cleanup", PLAN, "--json", "--yes")
     assert result.exit_code == 0, result.stderr
-    assert sorted(json.loads(result.stdout)["indexes"]) == sorted(f"{n}__old_nomic_embed_text" for n in (MAIN, L2, PARTIAL))
+    assert sorted(json.loads(result.stdout)["indexes"]) == sorted(f"old_nomic_embed_text__{n}" for n in (MAIN, L2, PARTIAL))
     assert set(indexes(conn)) == {"docs_pkey", MAIN, L2, PARTIAL}
     assert plan_row(conn)[0] == "cleaned_up"
 

@@ -22,7 +22,7 @@ from reliability_support import (assert_nothing_lost, kill_9, ledger, record, re
 from swap_support import PLAN, backfilled, columns, indexes, plan_row
 from tables import create_docs
 
-SHADOW_INDEX = "docs_embedding_idx__gemini_embedding_001"
+SHADOW_INDEX = "gemini_embedding_001__docs_embedding_idx"
 
 
 def _kill_run_repeatedly(conn, run_cli, gemini, tmp_path, *, rows: int, kills: int) -> None:  # type: ignore[no-untyped-def]

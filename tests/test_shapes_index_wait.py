@@ -38,7 +38,7 @@ def test_index_behind_an_idle_transaction_names_its_pid_and_goes_on_when_it_ends
         idle.commit()
         out, err = proc.communicate(timeout=WAIT_S)
         assert proc.returncode == 0, err
-        assert "index docs_embedding_idx__gemini_embedding_001 built" in out
+        assert "index gemini_embedding_001__docs_embedding_idx built" in out
         assert f"note: waited (waiting for writers before build) behind pid {blocker}" in out
     finally:
         if proc.poll() is None:

@@ -81,7 +81,7 @@ def test_plan_says_what_every_subscriber_needs_in_order(conn, run_cli) -> None: 
     assert steps[0]["shell"] and "pg_dump --schema-only --schema=reembed" in steps[0]["statements"][0]
     assert steps[1]["statements"] == [
         'ALTER TABLE "public"."docs" ADD COLUMN "embedding__gemini_embedding_001" vector(768)']
-    assert steps[2]["statements"][0].startswith('CREATE INDEX CONCURRENTLY "docs_embedding_idx__gemini_embedding_001"')
+    assert steps[2]["statements"][0].startswith('CREATE INDEX CONCURRENTLY "gemini_embedding_001__docs_embedding_idx"')
     swap = steps[3]["statements"]
     assert swap[0] == "BEGIN" and swap[-1] == "COMMIT"
     assert ('ALTER TABLE "public"."docs" RENAME COLUMN "embedding" TO "embedding__old_nomic_embed_text"' in swap)

@@ -16,6 +16,7 @@ from toolkit.errors import BadInput
 
 VECTOR_TYPES = ("vector", "halfvec")
 INDEX_DEFAULTS = {"hnsw": {"m": 16, "ef_construction": 64}, "ivfflat": {"lists": 100}}
+VECTOR_METHODS = ("hnsw", "ivfflat")
 
 
 @dataclass
@@ -44,11 +45,14 @@ class Column:
 
 @dataclass
 class VectorIndex:
+    """An index that reads a vector column: a vector index (hnsw, ivfflat), or any other whose
+    keys, expressions, INCLUDE columns or predicate read one (a btree `WHERE embedding IS NULL`)."""
+
     name: str
     schema: str
-    column: str | None  # None for an expression index
+    column: str | None  # the first key when it is a plain column; None for an expression
     method: str
-    opclass: str
+    opclass: str  # of the first key
     options: dict[str, int]
     valid: bool
     ready: bool
@@ -56,6 +60,10 @@ class VectorIndex:
     definition: str
     size_bytes: int
     body: str | None = None  # the definition from USING on (see index_body)
+    reads: list[str] = field(default_factory=list)  # every column it reads, from pg_depend
+    key: str = ""  # the first key as PostgreSQL deparses it: a column, or an expression
+    key_type: str = ""  # the type of the first key as stored in the index, e.g. halfvec(768)
+    unique: bool = False
 
 
 @dataclass
@@ -102,7 +110,8 @@ class TableInfo:
         return next((c for c in self.columns if c.name == name), None)
 
     def indexes_on(self, column: str) -> list[VectorIndex]:
-        return [i for i in self.indexes if i.column == column]
+        """Every index that reads `column`: as a key, in an expression, INCLUDE or its predicate."""
+        return [i for i in self.indexes if column in i.reads]
 
     def dependents_on(self, column: str) -> list[Dependent]:
         return [d for d in self.dependents if d.column == column]
@@ -267,7 +276,7 @@ def load_table(conn: psycopg.Connection, oid: int, schema: str, table: str) -> T
     vector_nums = {c.attnum for c in columns if c.is_vector}
     return TableInfo(
         oid=oid, schema=schema, name=table, primary_key=primary_key, columns=columns,
-        indexes=_vector_indexes(conn, oid, by_num),
+        indexes=_vector_indexes(conn, oid, by_num, vector_nums),
         dependents=_dependents(conn, oid, by_num, vector_nums),
         rows_estimate=int(rows_estimate), heap_bytes=sizes["heap"], toast_bytes=sizes["toast"],
         index_bytes=sizes["indexes"],
@@ -276,11 +285,19 @@ def load_table(conn: psycopg.Connection, oid: int, schema: str, table: str) -> T
     )
 
 
-def _vector_indexes(conn: psycopg.Connection, oid: int, by_num: dict[int, Column]) -> list[VectorIndex]:
+def _vector_indexes(conn: psycopg.Connection, oid: int, by_num: dict[int, Column],
+                    vector_nums: set[int]) -> list[VectorIndex]:
     rows = conn.cursor(row_factory=dict_row).execute(
         """SELECT ic.relname AS name, n.nspname AS schema, am.amname AS method, i.indkey::int2[] AS indkey,
-                  opc.opcname AS opclass, i.indisvalid AS valid, i.indisready AS ready,
+                  opc.opcname AS opclass, i.indisvalid AS valid, i.indisready AS ready, i.indisunique AS unique,
                   pg_get_expr(i.indpred, i.indrelid) AS predicate, pg_get_indexdef(i.indexrelid) AS definition,
+                  pg_get_indexdef(i.indexrelid, 1, true) AS key,
+                  (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                   WHERE a.attrelid = i.indexrelid AND a.attnum = 1) AS key_type,
+                  ARRAY(SELECT DISTINCT d.refobjsubid::int FROM pg_depend d
+                        WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
+                          AND d.refclassid = 'pg_class'::regclass AND d.refobjid = i.indrelid AND d.refobjsubid > 0
+                        ORDER BY 1) AS reads,
                   ic.reloptions, pg_relation_size(ic.oid) AS size,
                   format('CREATE %%sINDEX %%I ON ', CASE WHEN i.indisunique THEN 'UNIQUE ' END, ic.relname) AS head,
                   format('%%I.%%I ', tn.nspname, tc.relname) AS relation
@@ -291,10 +308,13 @@ def _vector_indexes(conn: psycopg.Connection, oid: int, by_num: dict[int, Column
            JOIN pg_namespace tn ON tn.oid = tc.relnamespace
            JOIN pg_am am ON am.oid = ic.relam
            JOIN pg_opclass opc ON opc.oid = i.indclass[0]
-           WHERE i.indrelid = %s AND am.amname IN ('hnsw', 'ivfflat')
+           WHERE i.indrelid = %s
            ORDER BY ic.relname""", (oid,)).fetchall()
     indexes = []
     for r in rows:
+        reads = [by_num[n].name for n in r["reads"] if n in by_num]
+        if r["method"] not in VECTOR_METHODS and not set(r["reads"]) & vector_nums:
+            continue
         options = dict(INDEX_DEFAULTS.get(r["method"], {}))
         for opt in r["reloptions"] or []:
             key, _, value = opt.partition("=")
@@ -304,7 +324,8 @@ def _vector_indexes(conn: psycopg.Connection, oid: int, by_num: dict[int, Column
             name=r["name"], schema=r["schema"], column=by_num[first].name if first in by_num else None,
             method=r["method"], opclass=r["opclass"], options=options, valid=r["valid"], ready=r["ready"],
             predicate=r["predicate"], definition=r["definition"], size_bytes=r["size"],
-            body=index_body(r["definition"], r["head"], r["relation"])))
+            body=index_body(r["definition"], r["head"], r["relation"]), reads=reads, key=r["key"] or "",
+            key_type=r["key_type"] or "", unique=r["unique"]))
     return indexes
 
 

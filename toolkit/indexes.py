@@ -27,6 +27,20 @@ _INDEX_REQUEST = re.compile(r"^(hnsw|ivfflat):(cosine|l2|ip)$")
 _OPCLASS_BY_DISTANCE = {"cosine": "cosine_ops", "l2": "l2_ops", "ip": "ip_ops"}
 
 
+def prefixed_identifier(prefix: str, base: str) -> str:
+    """`prefix__base`, shortened with a stable hash when it would pass PostgreSQL's 63-byte limit.
+    The names reembed gives indexes start with the prefix, never with the original's name: a client
+    that finds its index by a name prefix (Supabase vecs looks for `ix_vector%`) finds only one."""
+    name = f"{prefix}__{base}"
+    if len(name.encode()) <= PG_IDENTIFIER_MAX:
+        return name
+    import hashlib
+
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    room = PG_IDENTIFIER_MAX - len(digest) - 1
+    return name.encode()[:room].decode(errors="ignore") + "_" + digest
+
+
 def bounded_identifier(base: str, suffix: str) -> str:
     """`base__suffix`, shortened with a stable hash when it would pass PostgreSQL's 63-byte limit."""
     name = f"{base}__{suffix}"
@@ -52,6 +66,23 @@ class IndexSpec:
     old_name: str | None  # the original's name after cutover (None without an original)
     definition: str | None = None  # pg_get_indexdef of the original, as planned
     body: str | None = None  # the definition from USING on: names columns only, never the table
+    key: str | None = None  # the original's first key as deparsed: the column, or an expression of it
+    unique: bool = False
+
+    @property
+    def orders_by_distance(self) -> bool:
+        """A vector index: it serves ORDER BY <key> <distance> $1 (verify checks the planner uses it)."""
+        return self.method in catalog.VECTOR_METHODS
+
+    def on_column(self, table: sql.Composable, column: str, new_column: str, name: str) -> sql.Composed:
+        """CREATE INDEX CONCURRENTLY of exactly the original's definition (any method, expression,
+        INCLUDE, predicate, options) on the same table, reading `new_column` wherever it read
+        `column`; from the parts when there is no original (`--index`)."""
+        if self.body is None:
+            return self.render(table, new_column, name)
+        unique = sql.SQL("UNIQUE ") if self.unique else sql.SQL("")
+        return sql.SQL("CREATE {}INDEX CONCURRENTLY {} ON {} {}").format(
+            unique, sql.Identifier(name), table, sql.SQL(rename_column(self.body, column, new_column)))
 
     def render(self, table: sql.Composable, column: str, name: str) -> sql.Composed:
         """CREATE INDEX CONCURRENTLY of this kind on `column` of `table`, from the parts."""
@@ -65,8 +96,9 @@ class IndexSpec:
         the same columns. The body is PostgreSQL's own deparse of the live index, not user input."""
         if self.body is None:
             raise ValueError(f"index {self.original_name or self.shadow_name} has no recorded definition")
-        return sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} {}").format(sql.Identifier(name), table,
-                                                                     sql.SQL(self.body))
+        unique = sql.SQL("UNIQUE ") if self.unique else sql.SQL("")
+        return sql.SQL("CREATE {}INDEX CONCURRENTLY {} ON {} {}").format(unique, sql.Identifier(name), table,
+                                                                       sql.SQL(self.body))
 
     def to_spec(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -91,13 +123,57 @@ def plan_indexes(info: catalog.TableInfo, col: catalog.Column, dims: int, reques
                            shadow_name=bounded_identifier(f"{info.name}_{col.name}_idx", tag), old_name=None)]
     else:
         specs = [IndexSpec(method=i.method, opclass=i.opclass, options=dict(i.options), predicate=i.predicate,
-                           original_name=i.name, shadow_name=bounded_identifier(i.name, tag),
-                           old_name=bounded_identifier(i.name, "old_" + source_tag), definition=i.definition,
-                           body=i.body)
-                 for i in info.indexes_on(col.name) if i.valid]
+                           original_name=i.name, shadow_name=prefixed_identifier(tag, i.name),
+                           old_name=prefixed_identifier("old_" + source_tag, i.name), definition=i.definition,
+                           body=i.body, key=i.key, unique=i.unique)
+                 for i in _serving_first(info.indexes_on(col.name), col.name) if i.valid]
     limit = HNSW_MAX_DIMS.get(new_type, 2000)
     for spec in specs:
-        if dims > limit:
+        if spec.orders_by_distance and spec.key in (None, col.name) and dims > limit:
             raise BadInput(f"{spec.method} cannot index {new_type} above {limit} dimensions and {dims} were "
                            f"planned: plan --dimensions {limit} or fewer")
+    if request and col.dimensions is None:
+        raise BadInput(f"column {col.name!r} is an unsized {col.base_type}: a vector index needs a dimension; declare "
+                       f"it ({col.base_type}({dims})) or index an expression that casts it, then plan again")
     return specs
+
+
+def _serving_first(found: list[catalog.VectorIndex], column: str) -> list[catalog.VectorIndex]:
+    """The index serving the application's `ORDER BY column <op> $1` first (verify measures its
+    recall), then the other vector indexes, then the rest; by name within each."""
+    def rank(i: catalog.VectorIndex) -> tuple[int, int, str]:
+        vector = i.method in catalog.VECTOR_METHODS
+        return (0 if vector and i.column == column else 1 if vector else 2, 0 if i.predicate is None else 1, i.name)
+    return sorted(found, key=rank)
+
+
+_TOKEN = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|[A-Za-z_][A-Za-z0-9_$]*|::|\s+|.""", re.DOTALL)
+
+
+def rename_column(text: str, old: str, new: str) -> str:
+    """`text` (SQL PostgreSQL deparsed: an index body, a predicate) with every reference to column
+    `old` made to `new`. Only identifier tokens are touched: not string literals, not a function
+    of that name (followed by `(`), not a type after `::`, not a qualified name's part; the
+    options list (`WITH (...)`) is left alone."""
+    out: list[str] = []
+    previous = ""  # the last token that was not blank
+    tokens = _TOKEN.findall(text)
+    depth_of_with = None  # paren depth at which a WITH (...) options list opened
+    depth = 0
+    for n, token in enumerate(tokens):
+        following = next((t for t in tokens[n + 1:] if not t.isspace()), "")
+        if token == "(":
+            depth += 1
+            if previous.upper() == "WITH" and depth_of_with is None:
+                depth_of_with = depth
+        elif token == ")":
+            if depth_of_with == depth:
+                depth_of_with = None
+            depth -= 1
+        elif depth_of_with is None and previous not in ("::", ".") and following not in ("(", "."):
+            if token == old and re.fullmatch(r"[a-z_][a-z0-9_$]*", token) or token == '"' + old.replace('"', '""') + '"':
+                token = sql.Identifier(new).as_string(None)
+        out.append(token)
+        if not token.isspace():
+            previous = token
+    return "".join(out)

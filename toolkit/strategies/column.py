@@ -122,15 +122,6 @@ class ColumnStrategy:
 
     # -- index ------------------------------------------------------------------------------
     def check_index(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> None:
-        import re
-
-        for spec in plan.indexes:
-            predicate = spec.predicate
-            if predicate and re.search(rf'(?<![\w$"]){re.escape(plan.column)}(?![\w$"])|"{re.escape(plan.column)}"',
-                                       predicate):
-                raise GateFailed(f"the original index's predicate ({predicate}) reads column {plan.column} itself; "
-                                 "reembed will not rewrite it onto the new column: build that index by hand, then "
-                                 "run this again")
         new = self.places(plan, record.phase).new
         exists = conn.execute("SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s "
                               "AND NOT attisdropped", (new.ident.as_string(conn), new.column)).fetchone()
@@ -140,7 +131,8 @@ class ColumnStrategy:
     def index_targets(self, plan: Plan, phase: str) -> list[IndexTarget]:
         new = self.places(plan, phase).new
         return [IndexTarget(name=name, schema=new.schema, table=new.ident,
-                            statement=spec.render(new.ident, new.column, name), vector=True)
+                            statement=spec.on_column(new.ident, plan.column, new.column, name),
+                            vector=spec.orders_by_distance)
                 for spec, name in zip(plan.indexes, new.indexes) if name is not None]
 
     # -- cutover ↔ rollback -----------------------------------------------------------------

@@ -62,6 +62,43 @@ def _probe_vector(conn: psycopg.Connection, subject: Subject, sample: list[Sampl
     return np.asarray(row[0].to_numpy() if hasattr(row[0], "to_numpy") else row[0], dtype=np.float32) if row else None
 
 
+def _is_plain(subject: Subject, idx: IndexState) -> bool:
+    """The index orders by the new column itself (not an expression of it)."""
+    return idx.column == subject.new_column
+
+
+def _probe_for(conn: psycopg.Connection, subject: Subject, idx: IndexState, sample: list[SampleRow]) -> object | None:
+    """A query value of the index key's type: a sampled vector for the column itself; for an
+    expression, the expression's value on some row (as text, cast by the query)."""
+    if _is_plain(subject, idx):
+        return _probe_vector(conn, subject, sample)
+    # The key and the predicate are PostgreSQL's own deparse of the live index, not user input.
+    where = sql.SQL(" AND ({})").format(sql.SQL(idx.predicate)) if idx.predicate else sql.SQL("")
+    with conn.transaction():
+        conn.execute("SET TRANSACTION READ ONLY")
+        row = conn.execute(sql.SQL("SELECT ({k})::text FROM {t} WHERE ({k}) IS NOT NULL{w} LIMIT 1").format(
+            k=sql.SQL(idx.key), t=subject.table, w=where)).fetchone()
+    return row[0] if row else None
+
+
+def _planner_use(conn: psycopg.Connection, subject: Subject, idx: IndexState, probe: object, k: int) -> str:
+    """Whether the planner takes `idx` for the query shape it serves: ORDER BY its key expression
+    with its opclass's distance, under its predicate. used | usable (...) | not used."""
+    query = search_sql(subject, subject.new_column, idx.key_base_type, limit=k, predicate=idx.predicate,
+                       key=None if _is_plain(subject, idx) else idx.key, operator=idx.operator)
+    if idx.name in _explain(conn, query, probe, {}):
+        return "used"
+    if idx.name in _explain(conn, query, probe, {"enable_seqscan": "off"}):
+        # On a small table the planner rightly prefers a sequential scan; what matters is that it can use it.
+        return "usable (the planner prefers a sequential scan at this table size)"
+    return "not used"
+
+
+def _shape(subject: Subject, idx: IndexState, k: int) -> str:
+    key = subject.new_column if _is_plain(subject, idx) else idx.key
+    return f"ORDER BY {key} {idx.operator} $1" + (f" WHERE {idx.predicate}" if idx.predicate else "") + f" LIMIT {k}"
+
+
 def index(conn: psycopg.Connection, subject: Subject, options: VerifyOptions, sample: list[SampleRow]) -> CheckResult:
     """Every planned index on the new vectors is there, valid, of the original's kind; the main
     one serves the retrieval operator and the planner can use it."""
@@ -72,11 +109,15 @@ def index(conn: psycopg.Connection, subject: Subject, options: VerifyOptions, sa
                            {"operator": subject.operator})
     result = _main_index(conn, subject, options, sample)
     others = list(zip(plan.indexes[1:], subject.new_indexes[1:], new_index_names(subject)[1:]))
-    problems = [p for spec, idx, name in others for p in _other_index_problems(conn, subject, spec, idx, name)]
+    used: dict[str, str] = {}
+    problems = [p for spec, idx, name in others
+                for p in _other_index_problems(conn, subject, spec, idx, name, sample, options.k, used)]
     if others:
         result.evidence["other_indexes"] = [
             {"index": name, "exists": idx is not None, "valid": bool(idx and idx.valid and idx.ready),
-             "opclass": idx.opclass if idx else None} for spec, idx, name in others]
+             "opclass": idx.opclass if idx else None, "key": idx.key if idx else None,
+             "predicate": idx.predicate if idx else None, "explain": used.get(name, "not checked")}
+            for spec, idx, name in others]
     if problems:
         if result.passed:
             result.value = f"{len(problems)} problem(s) on the other indexes"
@@ -95,7 +136,10 @@ def new_index_names(subject: Subject) -> list[str]:
                                                        subject.plan.indexes)]
 
 
-def _other_index_problems(conn: psycopg.Connection, subject: Subject, spec: Any, idx: Any, name: str) -> list[str]:
+def _other_index_problems(conn: psycopg.Connection, subject: Subject, spec: Any, idx: Any, name: str,
+                          sample: list[SampleRow], k: int, used: dict[str, str]) -> list[str]:
+    """What is wrong with one more planned index on the new vectors: missing, INVALID, of another
+    kind, not reading the new column, or (a vector index) not taken by the planner for its shape."""
     from toolkit.phases.verification.subject import opclass_operator
 
     plan = subject.plan
@@ -106,9 +150,20 @@ def _other_index_problems(conn: psycopg.Connection, subject: Subject, spec: Any,
         out.append(f"index {idx.name} is INVALID: run `reembed index {plan.name}` again")
     if idx.method != spec.method:
         out.append(f"index {idx.name} is {idx.method}, the original is {spec.method}")
+    if subject.new_column not in idx.reads:
+        out.append(f"index {idx.name} does not read {subject.new_column}")
     wanted = opclass_operator(conn, spec.method, spec.opclass)
     if idx.operator != wanted:
         out.append(f"index {idx.name} ({idx.opclass}) serves {idx.operator}, the original served {wanted}")
+    if out or not spec.orders_by_distance or idx.operator not in DISTANCE_OPERATORS:
+        return out
+    probe = _probe_for(conn, subject, idx, sample)
+    if probe is None:
+        used[name] = "not checked: no row to query with"
+        return out
+    used[name] = _planner_use(conn, subject, idx, probe, k)
+    if used[name] == "not used":
+        out.append(f"EXPLAIN of {_shape(subject, idx, k)} does not use {idx.name}, even with sequential scans off")
     return out
 
 
@@ -132,27 +187,22 @@ def _main_index(conn: psycopg.Connection, subject: Subject, options: VerifyOptio
     if not (idx.valid and idx.ready):
         problems.append(f"index {idx.name} is INVALID (indisvalid={idx.valid}, indisready={idx.ready}): an "
                         f"interrupted CONCURRENTLY build; run `reembed index {plan.name}` again")
-    if idx.column != subject.new_column:
-        problems.append(f"index {idx.name} is on {idx.column}, not on {subject.new_column}")
+    if subject.new_column not in idx.reads:
+        problems.append(f"index {idx.name} does not read {subject.new_column}")
     if idx.method != main.method:
         problems.append(f"index {idx.name} is {idx.method}, the original is {main.method}")
     if idx.operator != subject.operator:
         problems.append(f"opclass {idx.opclass} serves {idx.operator}, but the retrieval query orders by "
                         f"{subject.operator} ({subject.operator_origin}): the index cannot serve the query")
     used = "not checked"
-    probe = _probe_vector(conn, subject, sample)
+    probe = _probe_for(conn, subject, idx, sample)
     if probe is not None and not problems:
-        query = search_sql(subject, subject.new_column, subject.new_type, limit=options.k, predicate=idx.predicate)
-        if idx.name in _explain(conn, query, probe, {}):
-            used = "used"
-        elif idx.name in _explain(conn, query, probe, {"enable_seqscan": "off"}):
-            # On a small table the planner rightly prefers a sequential scan; what matters is that it can use it.
-            used = "usable (the planner prefers a sequential scan at this table size)"
-        else:
-            used = "not used"
-            problems.append(f"EXPLAIN of ORDER BY {subject.new_column} {subject.operator} $1 LIMIT {options.k} "
-                            f"does not use {idx.name}, even with sequential scans off")
+        used = _planner_use(conn, subject, idx, probe, options.k)
+        if used == "not used":
+            problems.append(f"EXPLAIN of {_shape(subject, idx, options.k)} does not use {idx.name}, even with "
+                            "sequential scans off")
     evidence["explain"] = used
+    evidence["query_shape"] = _shape(subject, idx, options.k)
     option_diff = {k: (v, idx.options.get(k)) for k, v in main.options.items() if idx.options.get(k) != v}
     if option_diff:
         evidence["options_differ_from_plan"] = option_diff  # a note: recall judges whether it matters
@@ -195,13 +245,16 @@ def _recall_on(conn: psycopg.Connection, subject: Subject, options: VerifyOption
         scan_settings[setting_name] = str(chosen)
     exact_settings = {"enable_indexscan": "off", "enable_bitmapscan": "off", "enable_indexonlyscan": "off"}
     limit = options.k + 1
-    ann_query = search_sql(subject, column, column_type, limit=limit, predicate=idx.predicate, table=table)
+    # An expression index (`(embedding)::halfvec(768)`) serves ORDER BY its key, not the column.
+    key = None if idx.column == column else idx.key
+    column_type = column_type if key is None else idx.key_base_type
+    ann_query = search_sql(subject, column, column_type, limit=limit, predicate=idx.predicate, table=table, key=key)
     exact_query = search_sql(subject, column, column_type, limit=limit, exact=True, predicate=idx.predicate,
-                             table=table)
+                             table=table, key=key)
     ann_plan = _explain(conn, ann_query, queries[0][1], scan_settings)
     exact_plan = _explain(conn, exact_query, queries[0][1], exact_settings)
     plans = {"index_plan_uses": sorted(ann_plan), "exact_plan_uses": sorted(exact_plan)}
-    if idx.name not in ann_plan or exact_plan:
+    if not idx.names & ann_plan or exact_plan:
         return (f"could not get the plans to compare on {column} (index scan uses {sorted(ann_plan)}, "
                 f"exact scan uses {sorted(exact_plan)})")
     recalls: list[float] = []
@@ -305,6 +358,10 @@ def ann_recall(conn: psycopg.Connection, subject: Subject, options: VerifyOption
     else:
         queries = _stored(sample)
         origin = "the sampled rows' stored vectors (each row itself left out)"
+    if not _is_plain(subject, idx) and idx.key_dimensions not in (None, subject.plan.dimensions):
+        return CheckResult(name, True, "n/a", options.min_recall,
+                           f"not applicable: the main index orders by {idx.key}, of {idx.key_dimensions} dimensions, "
+                           f"not by the {subject.plan.dimensions}-dimensional vectors queries are made of", {})
     measured = _recall_on(conn, subject, options, subject.new_column, subject.new_type, idx, queries, "ann recall")
     evidence: dict[str, Any] = {"k": options.k, "queries_from": origin}
     if isinstance(measured, str):

@@ -55,6 +55,18 @@ class IndexState:
     valid: bool
     ready: bool
     predicate: str | None  # deparsed by PostgreSQL from the live index
+    key: str = ""  # its first key as PostgreSQL deparses it: the column, or an expression of it
+    key_type: str = ""  # that key's type in the index, e.g. vector(768), halfvec(768)
+    reads: tuple[str, ...] = ()  # the columns it reads
+
+    @property
+    def key_base_type(self) -> str:
+        return self.key_type.split("(")[0]
+
+    @property
+    def key_dimensions(self) -> int | None:
+        inside = self.key_type.partition("(")[2].rstrip(")")
+        return int(inside) if inside.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -139,7 +151,8 @@ def _index_state(conn: psycopg.Connection, info: catalog.TableInfo | None, name:
         "AND c.relname = %s", (found.schema, found.name)).fetchone()[0]  # type: ignore[index]
     return IndexState(name=found.name, oid=oid, column=found.column, method=found.method, opclass=found.opclass,
                       operator=opclass_operator(conn, found.method, found.opclass), options=dict(found.options),
-                      valid=found.valid, ready=found.ready, predicate=found.predicate)
+                      valid=found.valid, ready=found.ready, predicate=found.predicate, key=found.key,
+                      key_type=found.key_type, reads=tuple(found.reads))
 
 
 def opclass_operator(conn: psycopg.Connection, method: str, opclass: str) -> str | None:
@@ -229,16 +242,21 @@ def _as_array(value: Any) -> np.ndarray:
 
 
 def search_sql(subject: Subject, column: str, column_type: str, *, limit: int, exact: bool = False,
-               predicate: str | None = None, table: sql.Identifier | None = None) -> sql.Composed:
+               predicate: str | None = None, table: sql.Identifier | None = None, key: str | None = None,
+               operator: str | None = None) -> sql.Composed:
     """The application's retrieval query on `column` (ORDER BY distance LIMIT k), returning keys.
 
-    `exact` adds the key as a second sort key: no vector index can serve that ORDER BY, so the
-    planner has to compute every distance (belt and braces beside prepare=False and
-    enable_indexscan=off: a prepared generic plan could otherwise pick the index).
+    `key` orders by an index's key expression instead (`(embedding)::halfvec(768)`, as PostgreSQL
+    deparses the live index), with `operator` the distance its opclass serves: the query shape
+    that index serves. `exact` adds the key as a second sort key: no vector index can serve that
+    ORDER BY, so the planner has to compute every distance (belt and braces beside prepare=False
+    and enable_indexscan=off: a prepared generic plan could otherwise pick the index).
     """
-    if subject.operator not in DISTANCE_OPERATORS or column_type not in VECTOR_TYPES:
-        raise GateFailed(f"refusing to build a query with operator {subject.operator!r} on type {column_type!r}")
-    order = sql.SQL("{} {} %s::{}").format(sql.Identifier(column), sql.SQL(subject.operator), sql.SQL(column_type))
+    operator = operator or subject.operator
+    if operator not in DISTANCE_OPERATORS or column_type not in VECTOR_TYPES:
+        raise GateFailed(f"refusing to build a query with operator {operator!r} on type {column_type!r}")
+    target = sql.SQL(key) if key else sql.Identifier(column)
+    order = sql.SQL("{} {} %s::{}").format(target, sql.SQL(operator), sql.SQL(column_type))
     if exact:
         order = sql.SQL("{}, {}").format(order, subject.key())
     # The predicate of a partial index is PostgreSQL's own deparse of the live index, not user input.
