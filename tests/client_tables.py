@@ -68,3 +68,24 @@ def create_vecs(conn: psycopg.Connection, rows: int, dims: int = 768) -> None:
                  "USING hnsw (vec vector_cosine_ops) WITH (m = 16, ef_construction = 64)")
     conn.execute("ALTER TABLE vecs.docs ADD COLUMN content text GENERATED ALWAYS AS (metadata ->> 'text') VIRTUAL")
     conn.execute("ANALYZE vecs.docs")
+
+
+def create_tenant_partitioned(conn: psycopg.Connection, rows: int) -> None:
+    """A RAG store partitioned by tenant, as large ones are: docs (tenant, id, title, content,
+    embedding vector(768)), key (tenant, id), LIST partitions for tenants 1 and 2, tenant 3
+    sub-partitioned by HASH (id), a DEFAULT partition; one HNSW cosine index on the parent
+    (PostgreSQL gives each partition its own)."""
+    conn.execute("""CREATE TABLE docs (tenant int NOT NULL, id bigint NOT NULL, title text, content text,
+                    embedding vector(768), PRIMARY KEY (tenant, id)) PARTITION BY LIST (tenant)""")
+    conn.execute("CREATE TABLE docs_t1 PARTITION OF docs FOR VALUES IN (1)")
+    conn.execute("CREATE TABLE docs_t2 PARTITION OF docs FOR VALUES IN (2)")
+    conn.execute("CREATE TABLE docs_t3 PARTITION OF docs FOR VALUES IN (3) PARTITION BY HASH (id)")
+    conn.execute("CREATE TABLE docs_t3_h0 PARTITION OF docs_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 0)")
+    conn.execute("CREATE TABLE docs_t3_h1 PARTITION OF docs_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 1)")
+    conn.execute("CREATE TABLE docs_other PARTITION OF docs DEFAULT")
+    texts = [passage(i) for i in range(rows)]
+    with conn.cursor().copy("COPY docs (tenant, id, title, content, embedding) FROM STDIN") as copy:
+        for i, (text, vector) in enumerate(zip(texts, old_vectors(texts))):
+            copy.write_row((i % 5, i, f"title {i % 7}", text, vector))
+    conn.execute("CREATE INDEX docs_embedding_idx ON docs USING hnsw (embedding vector_cosine_ops)")
+    conn.execute("ANALYZE docs")

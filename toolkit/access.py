@@ -109,6 +109,12 @@ def missing_privileges(conn: psycopg.Connection, info: TableInfo, column: str) -
         missing.append(f"ownership of table {info.qualified}, owned by {facts.table_owner} (adding the column, "
                        f"the trigger and the swap are the owner's: run as {facts.table_owner} or GRANT "
                        f"{facts.table_owner} TO {role})")
+    for partition, owner in conn.execute(
+            "SELECT t.relid::regclass::text, pg_get_userbyid(c.relowner) FROM pg_partition_tree(%s::regclass) t "
+            "JOIN pg_class c ON c.oid = t.relid WHERE t.level > 0 AND NOT pg_has_role(c.relowner, 'USAGE') "
+            "ORDER BY 1", (info.oid,)).fetchall():
+        missing.append(f"ownership of partition {partition}, owned by {owner} (the new column, its indexes and the "
+                       "swap reach every partition)")
     schema_create, temp, reembed_create = conn.execute(
         """SELECT has_schema_privilege(%s, 'CREATE'), has_database_privilege(current_database(), 'TEMP'),
                   to_regnamespace('reembed') IS NULL OR has_schema_privilege('reembed', 'CREATE')""",

@@ -74,31 +74,31 @@ class IndexSpec:
         """A vector index: it serves ORDER BY <key> <distance> $1 (verify checks the planner uses it)."""
         return self.method in catalog.VECTOR_METHODS
 
-    def on_column(self, table: sql.Composable, column: str, new_column: str, name: str) -> sql.Composed:
+    def on_column(self, table: sql.Composable, column: str, new_column: str, name: str, *,
+                  only: bool = False) -> sql.Composed:
         """CREATE INDEX CONCURRENTLY of exactly the original's definition (any method, expression,
         INCLUDE, predicate, options) on the same table, reading `new_column` wherever it read
-        `column`; from the parts when there is no original (`--index`)."""
-        if self.body is None:
-            return self.render(table, new_column, name)
-        unique = sql.SQL("UNIQUE ") if self.unique else sql.SQL("")
-        return sql.SQL("CREATE {}INDEX CONCURRENTLY {} ON {} {}").format(
-            unique, sql.Identifier(name), table, sql.SQL(rename_column(self.body, column, new_column)))
+        `column`; from the parts when there is no original (`--index`). `only`: CREATE INDEX ... ON
+        ONLY, the (not yet valid) index of a partitioned table its partitions' indexes attach to."""
+        if self.body is not None:
+            body: sql.Composable = sql.SQL(rename_column(self.body, column, new_column))
+        else:
+            predicate = sql.SQL(" WHERE {}").format(sql.SQL(self.predicate)) if self.predicate else sql.SQL("")
+            body = sql.SQL("USING {} ({} {}) {}{}").format(
+                sql.Identifier(self.method), sql.Identifier(new_column), sql.Identifier(self.opclass),
+                options_clause(self.options), predicate)
+        return template("index_create", unique=sql.SQL("UNIQUE ") if self.unique else sql.SQL(""),
+                        concurrently=sql.SQL("") if only else sql.SQL("CONCURRENTLY "), index=sql.Identifier(name),
+                        only=sql.SQL("ONLY ") if only else sql.SQL(""), table=table, body=body)
 
-    def render(self, table: sql.Composable, column: str, name: str) -> sql.Composed:
-        """CREATE INDEX CONCURRENTLY of this kind on `column` of `table`, from the parts."""
-        predicate = sql.SQL("WHERE {}").format(sql.SQL(self.predicate)) if self.predicate else sql.SQL("")
-        return template("index_create", index=sql.Identifier(name), table=table, method=sql.Identifier(self.method),
-                        column=sql.Identifier(column), opclass=sql.Identifier(self.opclass),
-                        options=options_clause(self.options), predicate=predicate)
-
-    def retarget(self, table: sql.Composable, name: str) -> sql.Composed:
+    def retarget(self, table: sql.Composable, name: str, *, only: bool = False) -> sql.Composed:
         """CREATE INDEX CONCURRENTLY of exactly the original's definition, on another table with
         the same columns. The body is PostgreSQL's own deparse of the live index, not user input."""
         if self.body is None:
             raise ValueError(f"index {self.original_name or self.shadow_name} has no recorded definition")
-        unique = sql.SQL("UNIQUE ") if self.unique else sql.SQL("")
-        return sql.SQL("CREATE {}INDEX CONCURRENTLY {} ON {} {}").format(unique, sql.Identifier(name), table,
-                                                                       sql.SQL(self.body))
+        return template("index_create", unique=sql.SQL("UNIQUE ") if self.unique else sql.SQL(""),
+                        concurrently=sql.SQL("") if only else sql.SQL("CONCURRENTLY "), index=sql.Identifier(name),
+                        only=sql.SQL("ONLY ") if only else sql.SQL(""), table=table, body=sql.SQL(self.body))
 
     def to_spec(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

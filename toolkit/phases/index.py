@@ -24,7 +24,9 @@ from psycopg import sql
 from toolkit.db import Database
 from toolkit.errors import BadInput, GateFailed
 from toolkit.phases.ddl import template
+from toolkit.indexes import bounded_identifier
 from toolkit.phases.locking import blocking_sessions
+from toolkit.phases.prepare import with_lock_timeout
 from toolkit.plan import Plan
 from toolkit.progress import progress as show_progress
 from toolkit.state import PlanRecord, log_event, set_phase
@@ -179,6 +181,8 @@ def build(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanRecord
 
 def _build_one(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanRecord, target: IndexTarget,
                result: IndexResult, max_memory: int, workers: int | None, progress: bool) -> IndexBuilt:
+    if is_partitioned(conn, target.table):
+        return _build_partitioned(db, conn, plan, record, target, result, max_memory, workers, progress)
     built = IndexBuilt(index=target.name, action="built")
     state = _index_state(conn, target)
     if state is not None:
@@ -186,7 +190,7 @@ def _build_one(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanR
         if valid and ready:
             built.action = "kept"
             result.notes.append(f"index {target.name} already exists and is valid")
-            built.size_bytes = _index_bytes(conn, target)
+            built.size_bytes = index_bytes(conn, sql.Identifier(target.schema, target.name))
             return built
         # An interrupted CONCURRENTLY build leaves an INVALID index that still slows every write.
         conn.execute(template("index_drop", index=sql.Identifier(target.schema, target.name)))
@@ -204,14 +208,82 @@ def _build_one(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanR
     state = _index_state(conn, target)
     if state is None or not (state[0] and state[1]):
         raise GateFailed(f"index {target.name} was built but is not valid; run `reembed index {plan.name}` again")
-    built.size_bytes = _index_bytes(conn, target)
+    built.size_bytes = index_bytes(conn, sql.Identifier(target.schema, target.name))
     return built
 
 
-def _index_bytes(conn: psycopg.Connection, target: IndexTarget) -> int:
-    row = conn.execute("SELECT pg_relation_size(to_regclass(%s))",
-                       (sql.Identifier(target.schema, target.name).as_string(conn),)).fetchone()
-    return int(row[0] or 0) if row else 0
+def index_bytes(conn: psycopg.Connection, index: sql.Identifier) -> int:
+    """An index's size on disk; a partitioned index's is the sum of its partitions'."""
+    row = conn.execute("SELECT coalesce(sum(pg_relation_size(relid)), 0) FROM pg_partition_tree(to_regclass(%s))",
+                       (index.as_string(conn),)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def is_partitioned(conn: psycopg.Connection, relation: sql.Composable) -> bool:
+    """A partitioned table or a partitioned index (relkind p or I)."""
+    row = conn.execute("SELECT relkind IN ('p', 'I') FROM pg_class WHERE oid = to_regclass(%s)",
+                       (relation.as_string(conn),)).fetchone()
+    return bool(row and row[0])
+
+
+def _build_partitioned(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanRecord, target: IndexTarget,
+                       result: IndexResult, max_memory: int, workers: int | None, progress: bool) -> IndexBuilt:
+    """CREATE INDEX CONCURRENTLY cannot build a partitioned table's index. It is created ON ONLY the
+    table (no build; not valid yet), each partition's index is built CONCURRENTLY and attached to it
+    (a sub-partitioned partition the same way), and it turns valid once every partition has one.
+    A partition created later gets its own copy from PostgreSQL. Each step is idempotent."""
+    if target.for_relation is None:
+        raise GateFailed(f"index {target.name} is on a partitioned table and its strategy gives no per-partition "
+                         "statement")
+    built = IndexBuilt(index=target.name, action="kept")
+    state = _index_state(conn, target)
+    if state is not None and state[0] and state[1]:
+        result.notes.append(f"index {target.name} already exists and is valid")
+        return built
+    if state is None:
+        with_lock_timeout(conn, lambda c: c.execute(target.for_relation(target.table, target.name, True)),  # type: ignore[misc]
+                          what=f"creating index {target.name} on the partitioned table")
+        built.action = "built"
+    parent = sql.Identifier(target.schema, target.name)
+    for schema, table, original_child in _unindexed_partitions(conn, target):
+        name = (target.partition_name(original_child) if target.partition_name and original_child
+                else bounded_identifier(target.name, table))
+        child = IndexTarget(name=name, schema=schema, table=sql.Identifier(schema, table),
+                            statement=target.for_relation(sql.Identifier(schema, table), name, False),
+                            vector=target.vector, for_relation=target.for_relation, original=original_child,
+                            partition_name=target.partition_name)
+        done = _build_one(db, conn, plan, record, child, result, max_memory, workers, progress)
+        with_lock_timeout(conn, lambda c: c.execute(template("index_attach", index=parent,
+                                                             partition=sql.Identifier(schema, name))),
+                          what=f"attaching index {name} to {target.name}")
+        built.action = "built"
+        built.seconds += done.seconds
+        built.size_bytes += done.size_bytes
+        built.dropped_invalid |= done.dropped_invalid
+    state = _index_state(conn, target)
+    if state is None or not (state[0] and state[1]):
+        raise GateFailed(f"index {target.name} is not valid after every partition's index was attached; run "
+                         f"`reembed index {plan.name}` again")
+    return built
+
+
+def _unindexed_partitions(conn: psycopg.Connection, target: IndexTarget) -> list[tuple[str, str, str | None]]:
+    """(schema, table, the original index's index on it) of each direct partition of the table
+    whose index is not yet attached to `target`."""
+    rows = conn.execute(
+        """SELECT n.nspname, c.relname,
+                  (SELECT ci.relname FROM pg_inherits oi JOIN pg_index x ON x.indexrelid = oi.inhrelid
+                   JOIN pg_class ci ON ci.oid = oi.inhrelid
+                   WHERE oi.inhparent = to_regclass(%(original)s) AND x.indrelid = c.oid) AS original_child
+           FROM pg_inherits p JOIN pg_class c ON c.oid = p.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE p.inhparent = to_regclass(%(table)s)
+             AND NOT EXISTS (SELECT 1 FROM pg_inherits ai JOIN pg_index x ON x.indexrelid = ai.inhrelid
+                             WHERE ai.inhparent = to_regclass(%(index)s) AND x.indrelid = c.oid)
+           ORDER BY c.relname""",
+        {"table": target.table.as_string(conn), "index": sql.Identifier(target.schema, target.name).as_string(conn),
+         "original": sql.Identifier(target.schema, target.original).as_string(conn) if target.original else None}
+    ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def _finish(conn: psycopg.Connection, record: PlanRecord, result: IndexResult) -> None:
@@ -290,5 +362,15 @@ def drop_new_indexes(conn: psycopg.Connection, plan: Plan, phase: str) -> list[s
     for target in strategy_for(plan).index_targets(plan, phase):
         if _index_state(conn, target) is not None:
             dropped.append(target.name)
-        conn.execute(template("index_drop", index=sql.Identifier(target.schema, target.name)))
+        drop_index(conn, sql.Identifier(target.schema, target.name))
     return dropped
+
+
+def drop_index(conn: psycopg.Connection, index: sql.Identifier) -> None:
+    """DROP INDEX CONCURRENTLY (no long lock); a partitioned index cannot be dropped so: it goes
+    with its partitions' indexes in one short DROP under lock_timeout."""
+    if not is_partitioned(conn, index):
+        conn.execute(template("index_drop", index=index))
+        return
+    with_lock_timeout(conn, lambda c: c.execute(template("index_drop_partitioned", index=index)),
+                      what=f"dropping index {index.as_string(conn)}")

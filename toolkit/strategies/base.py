@@ -79,6 +79,12 @@ class IndexTarget:
     table: sql.Identifier  # the relation it is built on
     statement: sql.Composed
     vector: bool  # a vector index (verify checks it) or one the copy carries over (key, btree, ...)
+    # For a partitioned table (built ON ONLY it, then per partition): the same index's statement on
+    # another relation (`only`: CREATE INDEX ... ON ONLY, no build), the original index whose
+    # partitions' indexes name the new ones, and the name a partition's index gets from its original's.
+    for_relation: Callable[[sql.Composable, str, bool], sql.Composed] | None = None
+    original: str | None = None
+    partition_name: Callable[[str], str] | None = None
 
 
 @dataclass

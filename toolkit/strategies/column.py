@@ -19,11 +19,13 @@ from psycopg import sql
 
 from toolkit.catalog import TableInfo
 from toolkit.errors import BadInput, GateFailed
+from toolkit.indexes import IndexSpec, prefixed_identifier
 from toolkit.phases import dependents, swap
 from toolkit.phases.ddl import template
 from toolkit.phases.locking import run_locked
 from toolkit.phases.prepare import column_comment, key_json, new_column_type, tracking_names, with_lock_timeout
 from toolkit.plan import Plan
+from toolkit.providers.models import model_tag
 from toolkit.state import PlanRecord, log_event
 from toolkit.strategies.base import SWAPPED_PHASES, DropResult, IndexTarget, Place, Places, Retry
 
@@ -130,9 +132,15 @@ class ColumnStrategy:
 
     def index_targets(self, plan: Plan, phase: str) -> list[IndexTarget]:
         new = self.places(plan, phase).new
+        tag = model_tag(plan.target_ref)
+
+        def for_relation(spec: IndexSpec) -> Callable[[sql.Composable, str, bool], sql.Composed]:
+            return lambda table, name, only: spec.on_column(table, plan.column, new.column, name, only=only)
+
         return [IndexTarget(name=name, schema=new.schema, table=new.ident,
                             statement=spec.on_column(new.ident, plan.column, new.column, name),
-                            vector=spec.orders_by_distance)
+                            vector=spec.orders_by_distance, for_relation=for_relation(spec), original=spec.original_name,
+                            partition_name=lambda original: prefixed_identifier(tag, original))
                 for spec, name in zip(plan.indexes, new.indexes) if name is not None]
 
     # -- cutover ↔ rollback -----------------------------------------------------------------
@@ -181,9 +189,10 @@ class ColumnStrategy:
         if direction == "rollback":
             cut = swap.last_swap(conn, record.id, "cutover")
             shadow_comment = cut["captured"].get("incoming_comment") if cut else None
-        return swap.perform(conn, plan, record, self._exchange(plan, direction, shadow_comment), recheck=recheck,
-                            lock_timeout_ms=lock_timeout_ms, retries=retries, refresh_matviews=refresh_matviews,
-                            on_retry=on_retry)
+        exchange = self._exchange(plan, direction, shadow_comment)
+        exchange.index_renames += _partition_index_renames(conn, plan, direction)
+        return swap.perform(conn, plan, record, exchange, recheck=recheck, lock_timeout_ms=lock_timeout_ms,
+                            retries=retries, refresh_matviews=refresh_matviews, on_retry=on_retry)
 
     def finish_swap(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
                     retries: int) -> list[str]:
@@ -299,6 +308,39 @@ def _default_storage(conn: psycopg.Connection, plan: Plan) -> str:
     return row[0] if row else ""
 
 
+def _partition_index_renames(conn: psycopg.Connection, plan: Plan, direction: str) -> list[tuple[str, str]]:
+    """On a partitioned table each partition's indexes follow the same rule as the table's: on
+    every partition the index of the one moving aside takes the aside prefix, and the index of
+    the one coming in takes the name it had. Indexes in another schema than the table's keep
+    their names."""
+    if direction == "cutover":
+        pairs = [(spec.original_name, spec.shadow_name) for spec in plan.indexes if spec.original_name and spec.old_name]
+        prefix = f"old_{model_tag(plan.source_ref)}"
+    else:
+        pairs = [(spec.original_name, spec.old_name) for spec in plan.indexes if spec.original_name and spec.old_name]
+        prefix = model_tag(plan.target_ref)
+    if not pairs:
+        return []
+    # Every level of the tree (a sub-partitioned partition's partitions too), matched by the
+    # partition each index is on.
+    rows = conn.execute(
+        """SELECT pair.n, ac.relname, ic.relname
+           FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS pair (leaving, coming, n)
+           JOIN LATERAL pg_partition_tree(to_regclass(pair.leaving)) a ON a.level > 0
+           JOIN pg_index ax ON ax.indexrelid = a.relid
+           JOIN LATERAL pg_partition_tree(to_regclass(pair.coming)) i ON i.level > 0
+           JOIN pg_index ix ON ix.indexrelid = i.relid AND ix.indrelid = ax.indrelid
+           JOIN pg_class ac ON ac.oid = a.relid
+           JOIN pg_class ic ON ic.oid = i.relid
+           WHERE ac.relnamespace = %s::regnamespace AND ic.relnamespace = ac.relnamespace
+           ORDER BY 1, 2""",
+        ([sql.Identifier(plan.table_schema, leaving).as_string(conn) for leaving, _ in pairs],
+         [sql.Identifier(plan.table_schema, coming).as_string(conn) for _, coming in pairs],
+         sql.Identifier(plan.table_schema).as_string(conn))).fetchall()
+    return ([(leaving, prefixed_identifier(prefix, leaving)) for _, leaving, _ in rows]
+            + [(coming, leaving) for _, leaving, coming in rows])
+
+
 def _match(plan: Plan, left: str, right: str) -> sql.Composable:
     return sql.SQL(" AND ").join(
         sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), sql.Identifier(c), sql.Identifier(right),
@@ -335,15 +377,23 @@ def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: s
         result.column_bytes = conn.execute(template("cleanup_column_bytes", column=sql.Identifier(column),
                                                     table=plan.table)).fetchone()[0]  # type: ignore[index]
     freed = []
+    from toolkit.phases.index import drop_index, index_bytes
+
     for index in indexes:
         ident = sql.Identifier(plan.table_schema, index)
+<<<<<<< HEAD
         size = conn.execute("SELECT pg_relation_size(to_regclass(%s))", (ident.as_string(conn),)).fetchone()[0]  # type: ignore[index]
         result.index_bytes += int(size or 0)
         if size is not None:  # it exists (an empty index has 0 bytes)
             result.indexes.append(index)
+=======
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (ident.as_string(conn),)).fetchone()[0]  # type: ignore[index]
+        size = index_bytes(conn, ident) if exists else 0
+        result.index_bytes += size
+>>>>>>> 634a065 (Partitioned tables migrate: indexes built per partition and attached, the swap on the table)
         if size:
             freed.append(index)
-        conn.execute(template("index_drop", index=ident))  # CONCURRENTLY: before the column, without a long lock
+        drop_index(conn, ident)  # CONCURRENTLY where it can be: before the column, without a long lock
     if exists:
         def drop_column(c: psycopg.Connection) -> None:
             c.execute(template("cleanup_drop_column", table=plan.table, column=sql.Identifier(column)))

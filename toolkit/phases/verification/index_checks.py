@@ -86,9 +86,9 @@ def _planner_use(conn: psycopg.Connection, subject: Subject, idx: IndexState, pr
     with its opclass's distance, under its predicate. used | usable (...) | not used."""
     query = search_sql(subject, subject.new_column, idx.key_base_type, limit=k, predicate=idx.predicate,
                        key=None if _is_plain(subject, idx) else idx.key, operator=idx.operator)
-    if idx.name in _explain(conn, query, probe, {}):
+    if idx.names & _explain(conn, query, probe, {}):
         return "used"
-    if idx.name in _explain(conn, query, probe, {"enable_seqscan": "off"}):
+    if idx.names & _explain(conn, query, probe, {"enable_seqscan": "off"}):
         # On a small table the planner rightly prefers a sequential scan; what matters is that it can use it.
         return "usable (the planner prefers a sequential scan at this table size)"
     return "not used"

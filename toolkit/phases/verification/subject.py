@@ -58,6 +58,12 @@ class IndexState:
     key: str = ""  # its first key as PostgreSQL deparses it: the column, or an expression of it
     key_type: str = ""  # that key's type in the index, e.g. vector(768), halfvec(768)
     reads: tuple[str, ...] = ()  # the columns it reads
+    partitions: tuple[str, ...] = ()  # a partitioned index's indexes on the partitions (what EXPLAIN names)
+
+    @property
+    def names(self) -> set[str]:
+        """The names a plan using this index shows: its own, or its partitions' indexes'."""
+        return {self.name, *self.partitions}
 
     @property
     def key_base_type(self) -> str:
@@ -149,10 +155,13 @@ def _index_state(conn: psycopg.Connection, info: catalog.TableInfo | None, name:
     oid = conn.execute(
         "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
         "AND c.relname = %s", (found.schema, found.name)).fetchone()[0]  # type: ignore[index]
+    partitions = tuple(r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_partition_tree(%s::regclass) t JOIN pg_class c ON c.oid = t.relid WHERE t.level > 0",
+        (oid,)))
     return IndexState(name=found.name, oid=oid, column=found.column, method=found.method, opclass=found.opclass,
                       operator=opclass_operator(conn, found.method, found.opclass), options=dict(found.options),
                       valid=found.valid, ready=found.ready, predicate=found.predicate, key=found.key,
-                      key_type=found.key_type, reads=tuple(found.reads))
+                      key_type=found.key_type, reads=tuple(found.reads), partitions=partitions)
 
 
 def opclass_operator(conn: psycopg.Connection, method: str, opclass: str) -> str | None:
