@@ -109,33 +109,70 @@ class IndexSpec:
 
 
 def plan_indexes(info: catalog.TableInfo, col: catalog.Column, dims: int, request: str | None, tag: str,
-                 source_tag: str) -> list[IndexSpec]:
-    """Every valid vector index that reads the column, or the one `--index METHOD:DISTANCE` asks for."""
-    new_type = "halfvec" if col.base_type == "halfvec" else "vector"
+                 source_tag: str, new_base: str | None = None) -> list[IndexSpec]:
+    """Every valid index that reads the column, or the one `--index METHOD:DISTANCE` asks for, as
+    it must be built on the new vectors: `new_base` (vector | halfvec) and `dims` when --dimensions
+    changes them (the opclass of a key on the column itself follows the new type; a cast inside an
+    expression keeps its type and takes the new dimension)."""
+    new_base = new_base or ("halfvec" if col.base_type == "halfvec" else "vector")
     if request:
         match = _INDEX_REQUEST.match(request)
         if not match:
             raise BadInput(f"--index {request!r} must be METHOD:DISTANCE, e.g. hnsw:cosine (methods hnsw, ivfflat; "
                            "distances cosine, l2, ip)")
         method, distance = match.groups()
-        specs = [IndexSpec(method=method, opclass=f"{new_type}_{_OPCLASS_BY_DISTANCE[distance]}",
+        specs = [IndexSpec(method=method, opclass=f"{new_base}_{_OPCLASS_BY_DISTANCE[distance]}",
                            options=dict(catalog.INDEX_DEFAULTS[method]), predicate=None, original_name=None,
                            shadow_name=bounded_identifier(f"{info.name}_{col.name}_idx", tag), old_name=None)]
     else:
-        specs = [IndexSpec(method=i.method, opclass=i.opclass, options=dict(i.options), predicate=i.predicate,
-                           original_name=i.name, shadow_name=prefixed_identifier(tag, i.name),
-                           old_name=prefixed_identifier("old_" + source_tag, i.name), definition=i.definition,
-                           body=i.body, key=i.key, unique=i.unique)
-                 for i in _serving_first(info.indexes_on(col.name), col.name) if i.valid]
-    limit = HNSW_MAX_DIMS.get(new_type, 2000)
-    for spec in specs:
-        if spec.orders_by_distance and spec.key in (None, col.name) and dims > limit:
-            raise BadInput(f"{spec.method} cannot index {new_type} above {limit} dimensions and {dims} were "
-                           f"planned: plan --dimensions {limit} or fewer")
+        specs = []
+        for i in _serving_first(info.indexes_on(col.name), col.name):
+            if not i.valid:
+                continue
+            plain = i.column == col.name
+            opclass = _retyped_opclass(i.opclass, new_base) if plain else i.opclass
+            body = i.body
+            if body is not None and (dims != col.dimensions or opclass != i.opclass):
+                body = retype_body(body, col.dimensions, dims, i.opclass, opclass)
+            specs.append(IndexSpec(method=i.method, opclass=opclass, options=dict(i.options), predicate=i.predicate,
+                                   original_name=i.name, shadow_name=prefixed_identifier(tag, i.name),
+                                   old_name=prefixed_identifier("old_" + source_tag, i.name), definition=i.definition,
+                                   body=body, key=i.key, unique=i.unique))
+            _check_key_size(i.name, i.method, new_base if plain else i.key_type.split("(")[0],
+                            dims if plain or f"({col.dimensions})" in i.key_type else None)
+    if request:
+        _check_key_size(specs[0].shadow_name, specs[0].method, new_base, dims)
     if request and col.dimensions is None:
         raise BadInput(f"column {col.name!r} is an unsized {col.base_type}: a vector index needs a dimension; declare "
                        f"it ({col.base_type}({dims})) or index an expression that casts it, then plan again")
     return specs
+
+
+def _check_key_size(name: str, method: str, base: str, dims: int | None) -> None:
+    """HNSW and IVFFlat hold at most 2,000 dimensions as vector, 4,000 as halfvec."""
+    limit = HNSW_MAX_DIMS.get(base)
+    if method in catalog.VECTOR_METHODS and dims is not None and limit is not None and dims > limit:
+        raise BadInput(f"{method} cannot index {base} above {limit} dimensions and {dims} were planned (index "
+                       f"{name}): plan --dimensions {limit} or fewer" + (
+                           ", or let the new column be halfvec" if base == "vector" else ""))
+
+
+def _retyped_opclass(opclass: str, base: str) -> str:
+    """vector_cosine_ops <-> halfvec_cosine_ops (and l2, ip, l1): the opclass for `base`."""
+    for prefix in ("vector_", "halfvec_"):
+        if opclass.startswith(prefix) and opclass.endswith("_ops"):
+            return base + "_" + opclass[len(prefix):]
+    return opclass
+
+
+def retype_body(body: str, old_dims: int | None, new_dims: int, old_opclass: str, new_opclass: str) -> str:
+    """An index body (PostgreSQL's deparse) for vectors of `new_dims`: every cast to vector(old) or
+    halfvec(old) takes the new dimension, and the column's own opclass becomes `new_opclass`."""
+    if old_dims is not None and old_dims != new_dims:
+        body = re.sub(rf"::(vector|halfvec)\({old_dims}\)", rf"::\g<1>({new_dims})", body)
+    if new_opclass != old_opclass:
+        body = re.sub(rf"(?<![\w\"]){re.escape(old_opclass)}(?![\w\"])", new_opclass, body)
+    return body
 
 
 def _serving_first(found: list[catalog.VectorIndex], column: str) -> list[catalog.VectorIndex]:

@@ -83,6 +83,9 @@ class Plan:
     # what is embedded without an UPDATE of the generated column (which triggers see as NULL
     # when it is VIRTUAL).
     text_inputs: list[str] = field(default_factory=list)
+    # The new column's type when --dimensions changes it: vector(N), or halfvec(N) above the
+    # 2,000 dimensions an HNSW or IVFFlat index can hold as vector. None: the original's type.
+    new_type: str | None = None
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     reembed_version: str = __version__
 
@@ -111,11 +114,24 @@ class Plan:
     @property
     def new_column_type(self) -> str:
         """The declared type of the column the new vectors go to: the original's, at the planned
-        dimensions; an unsized column (langchain's `vector`) stays unsized, so the swap hands the
-        application back the type it declared."""
+        dimensions (an unsized column, langchain's `vector`, stays unsized, so the swap hands the
+        application back the type it declared); with new dimensions, what `plan` chose and recorded."""
+        if self.new_type:
+            return self.new_type
         if "(" not in self.column_type:
             return self.column_type
         return f"{self.vector_base}({self.dimensions})"
+
+    @property
+    def new_vector_base(self) -> str:
+        """`vector` or `halfvec`: the element type of the new vectors."""
+        return self.new_column_type.split("(")[0]
+
+    @property
+    def source_dimensions(self) -> int:
+        """The dimension of the source model's vectors: the original column's."""
+        inside = self.column_type.partition("(")[2].rstrip(")")
+        return int(inside) if inside.isdigit() else self.dimensions
 
     @property
     def tracked_columns(self) -> list[str]:
@@ -159,7 +175,8 @@ class Plan:
             "table": {"schema": self.table_schema, "name": self.table_name, "primary_key": self.primary_key,
                       "fingerprint": self.table_fingerprint},
             "column": {"name": self.column, "type": self.column_type, "not_null": self.column_not_null,
-                       "shadow": self.shadow_column, "old": self.old_column},
+                       "shadow": self.shadow_column, "old": self.old_column,
+                       **({"new_type": self.new_type} if self.new_type else {})},
             "text": {"columns": self.text_columns, "joiner": self.text_joiner},
             "source": {"model": self.source},
             "target": {"model": self.target, "dimensions": self.dimensions, "document_task": self.document_task,
@@ -185,7 +202,7 @@ class Plan:
                 name=spec["name"],
                 table_schema=spec["table"]["schema"], table_name=spec["table"]["name"],
                 primary_key=list(spec["table"]["primary_key"]), table_fingerprint=spec["table"]["fingerprint"],
-                column=spec["column"]["name"], column_type=spec["column"]["type"],
+                column=spec["column"]["name"], column_type=spec["column"]["type"], new_type=spec["column"].get("new_type"),
                 column_not_null=bool(spec["column"]["not_null"]),
                 shadow_column=spec["column"]["shadow"], old_column=spec["column"]["old"],
                 text_columns=list(spec["text"]["columns"]), title_column=spec["text"].get("title"),
@@ -362,7 +379,9 @@ def build(conn: psycopg.Connection, *, table: str, column: str, text_columns: li
     if not low <= dims <= high:
         raise BadInput(f"{target_ref} produces {low} to {high} dimensions, not {dims}")
     tag = model_tag(target_ref)
-    indexes = plan_indexes(info, col, dims, index_request, tag, model_tag(source_ref))
+    new_type = _new_type(col, dims)
+    indexes = plan_indexes(info, col, dims, index_request, tag, model_tag(source_ref),
+                           new_base=new_type.split("(")[0] if new_type else None)
     shadow = bounded_identifier(column, tag)
     old = bounded_identifier(column, "old_" + model_tag(source_ref))
     plan_name = validate_plan_name(name or f"{info.name}-{column}-{tag}".replace(" ", "_"))
@@ -371,7 +390,7 @@ def build(conn: psycopg.Connection, *, table: str, column: str, text_columns: li
         primary_key=[c.name for c in info.primary_key], column=column, column_type=col.type,
         column_not_null=col.not_null, shadow_column=shadow, old_column=old, text_columns=text_columns,
         title_column=title_column, source=str(source_ref), target=str(target_ref), dimensions=dims,
-        indexes=indexes, strategy=chosen.name, table_fingerprint="",
+        indexes=indexes, strategy=chosen.name, table_fingerprint="", new_type=new_type,
         text_inputs=[i for name in tracked for i in info.column(name).inputs if i not in tracked],  # type: ignore[union-attr]
     )
     plan.table_fingerprint = info.fingerprint(plan.shape_columns)
@@ -397,13 +416,23 @@ def _refuse_inheritance(conn: psycopg.Connection, info: catalog.TableInfo, colum
                        "nothing was changed")
 
 
+def _new_type(col: catalog.Column, dims: int) -> str | None:
+    """With new dimensions the new column is vector(N), or halfvec(N) above the 2,000 dimensions an
+    HNSW or IVFFlat index holds as vector (pgvector casts the application's vector parameters to
+    halfvec by itself). None: the original's type (an unsized column stays unsized)."""
+    if col.dimensions is None or dims == col.dimensions:
+        return None
+    return f"{'vector' if dims <= HNSW_MAX_DIMS['vector'] else 'halfvec'}({dims})"
+
+
 def _planned_dimensions(conn: psycopg.Connection, info: catalog.TableInfo, col: catalog.Column,
                         requested: int | None) -> int:
     if col.dimensions is not None:
-        if requested is not None and requested != col.dimensions:
-            raise BadInput(f"column {col.name!r} is {col.type} but --dimensions {requested} was asked: "
-                           f"the application's queries would break; use --dimensions {col.dimensions}")
-        return col.dimensions
+        if requested is not None and requested < 1:
+            raise BadInput(f"--dimensions must be positive, not {requested}")
+        # New dimensions are a new column type (see _new_type); the application's query vectors
+        # change with the query model at the same moment.
+        return requested or col.dimensions
     # An unsized column can hold vectors of any dimension (langchain keeps every collection in one
     # table): a column whose rows disagree cannot be swapped for one of one dimension.
     counts = conn.execute(sql.SQL(

@@ -33,7 +33,8 @@ def single_live_plan(conn: psycopg.Connection) -> str:
 def embed_query_for_plan(conn: psycopg.Connection, text: str, *, plan_ref: str | None, source: bool) -> np.ndarray:
     """TEXT embedded as a query by the plan's target model (or its source model with `source`)."""
     plan, _ = load(conn, plan_ref or single_live_plan(conn))
-    return embed_query(plan.source_ref if source else plan.target_ref, plan.dimensions, text)
+    return embed_query(plan.source_ref if source else plan.target_ref,
+                       plan.source_dimensions if source else plan.dimensions, text)
 
 
 def embed_query(model: ModelRef, dimensions: int, text: str) -> np.ndarray:

@@ -72,7 +72,9 @@ def plan_report(plan: Plan, path: str, preflight: str, triggers: Sequence[str] =
     e = plan.estimate
     steps = [
         f"plan {plan.name!r} written to {path} and registered",
-        f"  {plan.table_display}.{plan.column}: {plan.source} -> {plan.target}, {plan.dimensions} dims",
+        f"  {plan.table_display}.{plan.column}: {plan.source} -> {plan.target}, {plan.dimensions} dims"
+        + (f" (from {plan.source_dimensions}: the column becomes {plan.new_column_type}; queries are embedded at "
+           f"{plan.dimensions} dims from the cutover on)" if plan.dimensions != plan.source_dimensions else ""),
         f"  text: {' + '.join(plan.text_columns)}" + (f", title: {plan.title_column}" if plan.title_column else ""),
         f"  preflight: {preflight}",
         "",

@@ -349,3 +349,21 @@ def still_bound(conn: psycopg.Connection, oid: int, column: str, captured: Captu
         "SELECT conname FROM pg_constraint WHERE conrelid = %s AND contype = 'c' AND %s = ANY (conkey)", (oid, num))]
     left += [f"publication {p.publication}" for p in _publications(conn, oid, num)]
     return left
+
+
+def naming_dimension(captured: Captured, dims: int) -> list[str]:
+    """What is re-created on the column but names its dimension (a view casting to vector(768), a
+    CHECK of vector_dims(...) = 768): re-created as it is, it would break on vectors of another
+    dimension. Conservative: any definition with the number as a whole token."""
+    token = re.compile(rf"(?<![\w.]){dims}(?![\w.])")
+    found = [f"{v.kind.replace('_', ' ')} {v.schema}.{v.name}" for v in captured.views if token.search(v.definition)]
+    found += [f"function {f['name']}" for f in captured.functions if token.search(f["definition"])]
+    found += [f"policy {p.name}" for p in captured.policies
+              if token.search(p.using or "") or token.search(p.with_check or "")]
+    found += [f"trigger {t.name}" for t in captured.triggers if token.search(t.definition)]
+    found += [f"check constraint {c.name}" for c in captured.checks if token.search(c.definition)]
+    found += [f"statistics {s['name']}" for s in captured.statistics if token.search(s["definition"])]
+    found += [f"publication {p.publication}" for p in captured.publications if token.search(p.row_filter or "")]
+    if captured.default and token.search(captured.default):
+        found.append(f"the default of {captured.column}")
+    return found

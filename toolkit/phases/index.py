@@ -50,9 +50,9 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[(match.group(2) or "B").lower()])
 
 
-def graph_memory(rows: int, dims: int) -> int:
-    """Bytes the HNSW build wants in memory: rows x (4*dims + 8) x 1.3."""
-    return int(rows * (4 * dims + 8) * GRAPH_OVERHEAD)
+def graph_memory(rows: int, dims: int, element_bytes: int = 4) -> int:
+    """Bytes the HNSW build wants in memory: rows x (4*dims + 8) x 1.3 (2*dims for halfvec)."""
+    return int(rows * (element_bytes * dims + 8) * GRAPH_OVERHEAD)
 
 
 @dataclass
@@ -145,7 +145,7 @@ def build_settings(conn: psycopg.Connection, plan: Plan, max_memory: int, worker
                         (table.as_string(conn),)).fetchone()[0]  # type: ignore[index]
     if rows == 0:  # never analyzed: count (cheap next to building a graph over the same rows)
         rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]  # type: ignore[index]
-    wanted = graph_memory(int(rows), plan.dimensions)
+    wanted = graph_memory(int(rows), plan.dimensions, 2 if plan.new_vector_base == "halfvec" else 4)
     current = conn.execute("SELECT pg_size_bytes(current_setting('maintenance_work_mem'))").fetchone()[0]  # type: ignore[index]
     memory = min(max(wanted, int(current)), max_memory)
     if workers is None:

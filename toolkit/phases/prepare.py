@@ -66,15 +66,21 @@ def key_json(plan: Plan, row: str) -> sql.Composable:
 
 
 def vector_type(plan: Plan) -> sql.Composable:
-    """`vector(N)`, or `halfvec(N)` when the original column is a halfvec: what every new vector is."""
-    return sql.SQL("{}({})").format(sql.Identifier(plan.vector_base), sql.Literal(plan.dimensions))
+    """`vector(N)` or `halfvec(N)`, the new column's element type at the planned dimensions: what
+    every new vector is."""
+    return sql.SQL("{}({})").format(sql.Identifier(plan.new_vector_base), sql.Literal(plan.dimensions))
+
+
+def source_vector_type(plan: Plan) -> sql.Composable:
+    """What every source-model vector is: the original column's element type and dimensions."""
+    return sql.SQL("{}({})").format(sql.Identifier(plan.vector_base), sql.Literal(plan.source_dimensions))
 
 
 def new_column_type(plan: Plan) -> sql.Composable:
     """The declared type of the shadow column: `vector_type`, or unsized like an unsized original."""
     if "(" in plan.new_column_type:
         return vector_type(plan)
-    return sql.Identifier(plan.vector_base)
+    return sql.Identifier(plan.new_vector_base)
 
 
 def column_comment(plan: Plan, created_at: str | None = None) -> str:

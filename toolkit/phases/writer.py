@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import psycopg
+from pgvector import HalfVector
 from psycopg import sql
 from psycopg.pq import Format
 from psycopg.types.json import Jsonb
@@ -105,6 +106,7 @@ class BatchWriter:
         self._copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
             self.stage, sql.SQL(", ").join(sql.Identifier(c) for c in self._columns))
         self._types = self._binary_types()
+        self._half = plan.new_vector_base == "halfvec"
         if self._types is None:
             self._copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
                 self.stage, sql.SQL(", ").join(sql.Identifier(c) for c in self._columns))
@@ -139,7 +141,8 @@ class BatchWriter:
                         copy.set_types(self._types)
                     for i, row in enumerate(rows):
                         if i in vectors:
-                            v, reason = vectors[i], None
+                            # halfvec's binary dumper takes HalfVector objects only
+                            v, reason = (HalfVector(vectors[i]) if self._half else vectors[i]), None
                         elif i in skipped:
                             v, reason = None, skipped[i]
                         else:

@@ -55,9 +55,18 @@ class ColumnStrategy:
         for wanted in (plan.shadow_column, plan.old_column):
             if info.column(wanted) is not None:
                 raise BadInput(f"column {wanted!r} already exists in {info.qualified}: drop it or plan another target")
+        if plan.dimensions != plan.source_dimensions:
+            # The swap re-creates what binds to the column as it is: a definition naming the old
+            # dimension would break on the new vectors.
+            named = dependents.naming_dimension(dependents.capture(conn, info.oid, plan.column), plan.source_dimensions)
+            if named:
+                raise BadInput(f"{', '.join(named)} name(s) the dimension {plan.source_dimensions} of "
+                               f"{info.qualified}.{plan.column}: after the swap they would meet "
+                               f"{plan.dimensions}-dimensional vectors ({plan.new_column_type}); change them to "
+                               f"{plan.dimensions} or drop them, then plan again; nothing was changed")
 
     def disk_bytes(self, plan: Plan, rows: int) -> tuple[int, int]:
-        vector_bytes = 4 * plan.dimensions + 8
+        vector_bytes = (2 if plan.new_vector_base == "halfvec" else 4) * plan.dimensions + 8
         data = rows * vector_bytes
         return data, int(data * HNSW_GRAPH_OVERHEAD) * len(plan.indexes)
 

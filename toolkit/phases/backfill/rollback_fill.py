@@ -21,7 +21,7 @@ from toolkit.phases import ledger
 from toolkit.phases.backfill.options import Counters, RunOptions, RunSummary, Throttle, progress_bar
 from toolkit.phases.backfill.run import check
 from toolkit.phases.ddl import template
-from toolkit.phases.prepare import key_json, vector_type
+from toolkit.phases.prepare import key_json, source_vector_type
 from toolkit.phases.writer import SourceRow, check_vectors, key_columns
 from toolkit.plan import Plan, load
 from toolkit.providers.base import EmbedBatch, Embedder
@@ -44,7 +44,7 @@ def rollback_fill(db: Database, plan_ref: str, options: RunOptions) -> RunSummar
         if record.phase == "planned":
             raise GateFailed(f"plan {plan.name!r} is not prepared: nothing to roll back to")
         settings = ProviderSettings.from_env(rpm=options.rpm, tpm=options.tpm, concurrency=options.concurrency)
-        embedder = make_embedder(plan.source_ref, plan.dimensions, settings)
+        embedder = make_embedder(plan.source_ref, plan.source_dimensions, settings)
         started = time.monotonic()
         counters = Counters()
         writer = FillWriter(conn, plan, old, strategy_for(plan).fill_statement(plan, record.phase, FILL_STAGE))
@@ -93,7 +93,7 @@ def rollback_fill(db: Database, plan_ref: str, options: RunOptions) -> RunSummar
 
 def _embed_source(embedder: Embedder, plan: Plan, rows: list[SourceRow]) -> EmbedBatch:
     result = embedder.embed_documents([r.text or "" for r in rows], [r.title for r in rows])
-    check_vectors(result.vectors, len(result.index), plan.dimensions)
+    check_vectors(result.vectors, len(result.index), plan.source_dimensions)
     return result
 
 
@@ -118,7 +118,7 @@ class FillWriter:
                            title=plan.title_expression("t"), hash=plan.text_hash_expression("t"), table=self.table,
                            missing=self._missing)
         self._stage = FILL_STAGE
-        conn.execute(template("backfill_stage", stage=self._stage, key_columns=keys, vtype=vector_type(plan),
+        conn.execute(template("backfill_stage", stage=self._stage, key_columns=keys, vtype=source_vector_type(plan),
                               table=self.table))
         self._update = statement
 
