@@ -214,8 +214,11 @@ def _build_one(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanR
 
 def index_bytes(conn: psycopg.Connection, index: sql.Identifier) -> int:
     """An index's size on disk; a partitioned index's is the sum of its partitions'."""
-    row = conn.execute("SELECT coalesce(sum(pg_relation_size(relid)), 0) FROM pg_partition_tree(to_regclass(%s))",
-                       (index.as_string(conn),)).fetchone()
+    row = conn.execute(
+        """SELECT CASE c.relkind WHEN 'I' THEN (SELECT coalesce(sum(pg_relation_size(t.relid)), 0)
+                                               FROM pg_partition_tree(c.oid) t)
+                                 ELSE pg_relation_size(c.oid) END
+           FROM pg_class c WHERE c.oid = to_regclass(%s)""", (index.as_string(conn),)).fetchone()
     return int(row[0]) if row else 0
 
 
