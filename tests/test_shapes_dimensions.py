@@ -53,12 +53,12 @@ def test_new_dimensions_give_a_new_column_type_and_index_the_unchanged_query_use
     create_docs(conn, ROWS, vectors=old_vectors)
     conn.execute("CREATE INDEX docs_l2_idx ON docs USING hnsw (embedding vector_l2_ops)")
     plan = json.loads(ok(run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title",
-                                 "--dimensions", str(dims), "--name", "dim", "--offline", "--json")).stdout)["plan"]
+                                 "--dimensions", str(dims), "--name", "dim", "--offline", "--json")).stdout)["spec"]
     assert plan["column"]["new_type"] == new_type
     assert {i["opclass"] for i in plan["indexes"]} == {opclass, opclass.replace("cosine", "l2")}
     element = 2 if new_type.startswith("halfvec") else 4
     assert plan["estimate"]["shadow_column_bytes"] == ROWS * (element * dims + 8)
-    ok(run_cli("abandon", "dim"))
+    ok(run_cli("abandon", "dim", "--yes"))
     lifecycle(run_cli, "dim2", "docs", "--column", "embedding", "--text", "content", "--title", "title",
               "--dimensions", str(dims))
     assert column_type(conn, "docs", "embedding") == new_type

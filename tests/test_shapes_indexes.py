@@ -64,7 +64,7 @@ def test_every_index_reading_the_column_follows_it_and_serves_its_query(conn, ru
     result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title",
                      "--name", "ix", "--offline", "--json")
     assert result.exit_code == 0, result.output
-    planned = json.loads(result.stdout)["plan"]["indexes"]
+    planned = json.loads(result.stdout)["spec"]["indexes"]
     assert [i["original_name"] for i in planned][0] == "docs_embedding_idx"  # the one serving the app's query
     assert sorted(i["original_name"] for i in planned) == sorted(INDEXES)
     ok(run_cli("run", "ix", "--no-progress"))
@@ -111,7 +111,7 @@ def test_supabase_vecs_finds_only_its_new_index_by_prefix(conn, run_cli) -> None
     assert vecs_index() == ["ix_vector_cosine_ops_hnsw_m16_efc64_a1b2c3d"]
     ok(run_cli("verify", "vx"))
     ok(run_cli("cutover", "vx"))
-    ok(run_cli("cleanup", "vx"))
+    ok(run_cli("cleanup", "vx", "--yes"))
     assert vecs_index() == ["ix_vector_cosine_ops_hnsw_m16_efc64_a1b2c3d"]
     assert vector_mismatches(conn, "vecs.docs", "id", "content", "vec") == []
 

@@ -78,7 +78,7 @@ def test_a_tenant_partitioned_store_migrates_while_the_application_writes(conn, 
     assert _index_tree(conn, "docs_embedding_idx") == {**before_children, "docs_t9": after["docs_t9"]}
     ok(run_cli("verify", "part"))
     ok(run_cli("cutover", "part"))
-    ok(run_cli("cleanup", "part"))
+    ok(run_cli("cleanup", "part", "--yes"))
     assert conn.execute("SELECT count(*) FROM pg_attribute a JOIN pg_partition_tree('docs') t ON t.relid = a.attrelid "
                         "WHERE a.attname LIKE 'embedding\\_\\_%%' AND NOT a.attisdropped").fetchone()[0] == 0
     assert vector_mismatches(conn, "docs", "id", "content", "embedding", title="title") == []

@@ -68,7 +68,7 @@ def test_plan_says_what_every_subscriber_needs_in_order(conn, run_cli) -> None: 
 
     text = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--name", "r1", "--offline").stdout
     assert "logical replication:" in text and "on every subscriber of docs_pub, everything, in this order:" in text
-    assert run_cli("abandon", "r1").exit_code == 0
+    assert run_cli("abandon", "r1", "--yes").exit_code == 0
     result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--name", "r2", "--offline", "--json")
     assert result.exit_code == 0, result.output
     advice = json.loads(result.stdout)["subscribers"]

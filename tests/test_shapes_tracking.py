@@ -10,6 +10,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from cli_support import error_lines
 from client_tables import create_vecs
 from shapes_support import lifecycle, ok, table_state, vector_mismatches
 from tables import create_docs, passage
@@ -97,5 +98,5 @@ def test_shapes_whose_rows_tracking_cannot_see_are_refused_at_plan(conn, run_cli
     before = table_state(conn)
     result = run_cli("plan", table, "--column", "embedding", "--text", "content", "--offline")
     assert result.exit_code == 2 and expected in result.stderr, result.output
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert len(error_lines(result.stderr)) == 1
     assert table_state(conn) == before

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from toolkit.config import scrub
@@ -183,7 +184,7 @@ def run_verify(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanR
     target, source = _models(subject, options)
     # A table with no row to embed (none at all, or only blank texts) has nothing to sample: the
     # checks that measure sampled rows do not apply, rather than fail or pass on nothing.
-    nothing_embedded = checks[0].evidence.get("rows_with_text") == 0
+    nothing_embedded = not sample and not _any_text(conn, subject)
 
     def sampled(name: str, threshold: Any, step: Callable[[], CheckResult]) -> Callable[[], CheckResult]:
         if not nothing_embedded:
@@ -231,6 +232,13 @@ def _pending_allowance(conn: psycopg.Connection, record: PlanRecord, options: Ve
     oldest = ledger.oldest_pending_change(conn, record.id)
     age = max(0.0, (ledger.database_now(conn) - oldest).total_seconds()) if oldest else 0.0
     return lambda rows: ledger.live_tail_allowance(rows, writes.rows_per_second, age)
+
+
+def _any_text(conn: psycopg.Connection, subject: Subject) -> bool:
+    """Whether any row has text to embed (blank text is skipped by the backfill)."""
+    row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} AS t WHERE {})").format(
+        subject.table, subject.has_text("t"))).fetchone()
+    return bool(row and row[0])
 
 
 def _models(subject: Subject, options: VerifyOptions) -> tuple[Model, Model | None]:

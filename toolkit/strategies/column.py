@@ -390,16 +390,11 @@ def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: s
 
     for index in indexes:
         ident = sql.Identifier(plan.table_schema, index)
-<<<<<<< HEAD
-        size = conn.execute("SELECT pg_relation_size(to_regclass(%s))", (ident.as_string(conn),)).fetchone()[0]  # type: ignore[index]
-        result.index_bytes += int(size or 0)
-        if size is not None:  # it exists (an empty index has 0 bytes)
-            result.indexes.append(index)
-=======
-        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (ident.as_string(conn),)).fetchone()[0]  # type: ignore[index]
-        size = index_bytes(conn, ident) if exists else 0
+        present = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (ident.as_string(conn),)).fetchone()[0]  # type: ignore[index]
+        size = index_bytes(conn, ident) if present else 0
         result.index_bytes += size
->>>>>>> 634a065 (Partitioned tables migrate: indexes built per partition and attached, the swap on the table)
+        if present:  # an empty index has 0 bytes
+            result.indexes.append(index)
         if size:
             freed.append(index)
         drop_index(conn, ident)  # CONCURRENTLY where it can be: before the column, without a long lock
