@@ -31,19 +31,15 @@ def prefixed_identifier(prefix: str, base: str) -> str:
     """`prefix__base`, shortened with a stable hash when it would pass PostgreSQL's 63-byte limit.
     The names reembed gives indexes start with the prefix, never with the original's name: a client
     that finds its index by a name prefix (Supabase vecs looks for `ix_vector%`) finds only one."""
-    name = f"{prefix}__{base}"
-    if len(name.encode()) <= PG_IDENTIFIER_MAX:
-        return name
-    import hashlib
-
-    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    room = PG_IDENTIFIER_MAX - len(digest) - 1
-    return name.encode()[:room].decode(errors="ignore") + "_" + digest
+    return _within_limit(f"{prefix}__{base}")
 
 
 def bounded_identifier(base: str, suffix: str) -> str:
     """`base__suffix`, shortened with a stable hash when it would pass PostgreSQL's 63-byte limit."""
-    name = f"{base}__{suffix}"
+    return _within_limit(f"{base}__{suffix}")
+
+
+def _within_limit(name: str) -> str:
     if len(name.encode()) <= PG_IDENTIFIER_MAX:
         return name
     import hashlib
@@ -87,18 +83,19 @@ class IndexSpec:
             body = sql.SQL("USING {} ({} {}) {}{}").format(
                 sql.Identifier(self.method), sql.Identifier(new_column), sql.Identifier(self.opclass),
                 options_clause(self.options), predicate)
-        return template("index_create", unique=sql.SQL("UNIQUE ") if self.unique else sql.SQL(""),
-                        concurrently=sql.SQL("") if only else sql.SQL("CONCURRENTLY "), index=sql.Identifier(name),
-                        only=sql.SQL("ONLY ") if only else sql.SQL(""), table=table, body=body)
+        return self._create(table, name, body, only)
 
     def retarget(self, table: sql.Composable, name: str, *, only: bool = False) -> sql.Composed:
         """CREATE INDEX CONCURRENTLY of exactly the original's definition, on another table with
         the same columns. The body is PostgreSQL's own deparse of the live index, not user input."""
         if self.body is None:
             raise ValueError(f"index {self.original_name or self.shadow_name} has no recorded definition")
+        return self._create(table, name, sql.SQL(self.body), only)
+
+    def _create(self, table: sql.Composable, name: str, body: sql.Composable, only: bool) -> sql.Composed:
         return template("index_create", unique=sql.SQL("UNIQUE ") if self.unique else sql.SQL(""),
                         concurrently=sql.SQL("") if only else sql.SQL("CONCURRENTLY "), index=sql.Identifier(name),
-                        only=sql.SQL("ONLY ") if only else sql.SQL(""), table=table, body=sql.SQL(self.body))
+                        only=sql.SQL("ONLY ") if only else sql.SQL(""), table=table, body=body)
 
     def to_spec(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
