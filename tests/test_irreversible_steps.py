@@ -43,7 +43,7 @@ def test_cleanup_asks_on_a_terminal_and_does_what_the_answer_says(conn, run_cli,
     declined = _on_a_terminal(["cleanup", PLAN], "n\n", tmp_path)
     assert declined.returncode == 1, declined.stderr
     assert f"column public.docs.{old} (the ollama:nomic-embed-text vectors)" in declined.stderr
-    assert "index public.docs_embedding_idx__old_nomic_embed_text" in declined.stderr
+    assert "index public.old_nomic_embed_text__docs_embedding_idx" in declined.stderr
     assert "change tracking" in declined.stderr
     assert "`reembed rollback` is no longer possible" in declined.stderr
     assert f"cleanup plan {PLAN}? [y/N]" in declined.stderr and "nothing was changed" in declined.stderr

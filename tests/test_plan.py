@@ -85,7 +85,7 @@ BAD_INPUTS = [
     (["docs", "--column", "content", "--text", "content"], "not a vector column"),
     (["nokey", "--column", "embedding", "--text", "content"], "has no primary key"),
     (["docs", "--column", "embedding", "--text", "content", "--dimensions", "0"],
-     "--dimensions must be positive, not 0"),
+     "0 is not in the range 1<=x<=16000"),
     (["unsized", "--column", "embedding", "--text", "content", "--dimensions", "3072", "--index", "hnsw:cosine"],
      "cannot index vector above 2000 dimensions"),
     (["docs", "--column", "embedding", "--text", "nope"], "text column 'nope' does not exist"),

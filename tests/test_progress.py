@@ -68,5 +68,5 @@ def test_index_progress_reports_tuples_and_the_phase_not_blocks(conn, run_cli, g
     built = subprocess.run([sys.executable, "-m", "toolkit", "index", "p1"], cwd=tmp_path, capture_output=True,
                            text=True, timeout=300)
     assert built.returncode == 0, built.stderr
-    line = next(ln for ln in built.stderr.splitlines() if ln.startswith("index docs_embedding_idx__"))
+    line = next(ln for ln in built.stderr.splitlines() if ln.startswith("index ") and "__docs_embedding_idx" in ln)
     assert " tuples" in line and "blocks" not in line and "\r" not in built.stderr
