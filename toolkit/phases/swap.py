@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 
 from toolkit.errors import GateFailed
 from toolkit.phases import dependents
+from toolkit import column_tag
 from toolkit.phases.ddl import recorded, template
 from toolkit.phases.locking import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_RETRIES, run_locked
 from toolkit.plan import PG_IDENTIFIER_MAX, Plan
@@ -39,6 +40,10 @@ class Exchange:
     index_renames: list[tuple[str, str]]  # applied in order: (current name, new name)
     aside_comment: str | None
     phase_after: str
+    # What the column under the original name says after the swap (toolkit.column_tag): the
+    # target's tag at cutover, the comment it had before the cutover at rollback. Only ever
+    # written over no comment or a reembed tag, never over the user's own.
+    live_comment: str | None = None
 
 
 @dataclass
@@ -98,6 +103,9 @@ def statements(plan: Plan, exchange: Exchange, captured: dependents.Captured | N
         out.append(sql.SQL("-- re-create views, SQL-body functions, policies, triggers, CHECK constraints, "
                            "statistics, publication column lists, column grants, comment and statistics target "
                            "bound to {}").format(sql.Identifier(exchange.column)))
+    if captured is not None and column_tag.replaceable(captured.comment):
+        out.append(template("swap_live_tag", column=sql.Identifier(plan.table_schema, plan.table_name, exchange.column),
+                            comment=sql.Literal(exchange.live_comment)))
     if exchange.aside_comment is not None:
         out.append(template("cutover_comment", column=sql.Identifier(plan.table_schema, plan.table_name, exchange.aside),
                             comment=sql.Literal(exchange.aside_comment)))
@@ -155,6 +163,10 @@ def perform(conn: psycopg.Connection, plan: Plan, record: PlanRecord, exchange: 
                 c.execute(template("cutover_not_null_check", table=table, constraint=sql.Identifier(not_null_check),
                                    column=sql.Identifier(exchange.column)))
         to_validate = dependents.recreate(c, plan.table_schema, plan.table_name, captured)
+        if column_tag.replaceable(captured.comment):
+            c.execute(template("swap_live_tag", column=sql.Identifier(plan.table_schema, plan.table_name,
+                                                                      exchange.column),
+                               comment=sql.Literal(exchange.live_comment)))
         c.execute(template("cutover_comment", column=sql.Identifier(plan.table_schema, plan.table_name, exchange.aside),
                            comment=sql.Literal(exchange.aside_comment)))
         left = dependents.still_bound(c, oid, exchange.aside, captured)

@@ -17,6 +17,7 @@ from typing import Callable
 import psycopg
 from psycopg import sql
 
+from toolkit import column_tag
 from toolkit.catalog import TableInfo
 from toolkit.errors import BadInput, GateFailed
 from toolkit.indexes import IndexSpec, prefixed_identifier
@@ -153,7 +154,8 @@ class ColumnStrategy:
                 for spec, name in zip(plan.indexes, new.indexes) if name is not None]
 
     # -- cutover ↔ rollback -----------------------------------------------------------------
-    def _exchange(self, plan: Plan, direction: str, shadow_comment: str | None = None) -> swap.Exchange:
+    def _exchange(self, plan: Plan, direction: str, shadow_comment: str | None = None,
+                  comment_before_cutover: str | None = None) -> swap.Exchange:
         renames: list[tuple[str, str]] = []
         paired = [i for i in plan.indexes if i.original_name and i.old_name]
         if direction == "cutover":
@@ -164,12 +166,12 @@ class ColumnStrategy:
             return swap.Exchange(direction="cutover", column=plan.column, incoming=plan.shadow_column,
                                  aside=plan.old_column, index_renames=renames,
                                  aside_comment=swap.aside_comment(plan, plan.source, "old vectors"),
-                                 phase_after="cut_over")
+                                 phase_after="cut_over", live_comment=column_tag.live_tag(plan))
         renames = [(i.original_name, i.shadow_name) for i in paired]  # type: ignore[misc]
         renames += [(i.old_name, i.original_name) for i in paired]  # type: ignore[misc]
         return swap.Exchange(direction="rollback", column=plan.column, incoming=plan.old_column,
                              aside=plan.shadow_column, index_renames=renames, aside_comment=shadow_comment,
-                             phase_after="rolled_back")
+                             phase_after="rolled_back", live_comment=comment_before_cutover)
 
     def check_swap(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, direction: str, *,
                    refresh_matviews: bool) -> dict[str, list[str]]:
@@ -194,11 +196,12 @@ class ColumnStrategy:
     def swap(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, direction: str, *,
              recheck: Callable[[psycopg.Connection], None], lock_timeout_ms: int, retries: int,
              refresh_matviews: bool, on_retry: Retry | None) -> swap.SwapOutcome:
-        shadow_comment = None
+        shadow_comment = comment_before_cutover = None
         if direction == "rollback":
             cut = swap.last_swap(conn, record.id, "cutover")
             shadow_comment = cut["captured"].get("incoming_comment") if cut else None
-        exchange = self._exchange(plan, direction, shadow_comment)
+            comment_before_cutover = cut["captured"]["dependents"].get("comment") if cut else None
+        exchange = self._exchange(plan, direction, shadow_comment, comment_before_cutover)
         exchange.index_renames += _partition_index_renames(conn, plan, direction)
         return swap.perform(conn, plan, record, exchange, recheck=recheck, lock_timeout_ms=lock_timeout_ms,
                             retries=retries, refresh_matviews=refresh_matviews, on_retry=on_retry)
