@@ -211,3 +211,29 @@ def rename_column(text: str, old: str, new: str) -> str:
         if not token.isspace():
             previous = token
     return "".join(out)
+
+
+@dataclass
+class CarriedIndex:
+    """One index of the original table that the copy strategy builds on the copy (every index:
+    the key, unique, btree, gin, the vector ones), from the original's own definition."""
+
+    original_name: str
+    shadow_name: str  # on the copy until cutover
+    old_name: str  # the original's name after cutover
+    body: str  # `USING ...` as PostgreSQL deparsed the original
+    unique: bool = False
+    constraint: str | None = None  # "p" primary key, "u" unique constraint, None: a plain index
+    deferrable: str = ""  # "", "DEFERRABLE" or "DEFERRABLE INITIALLY DEFERRED" (constraints only)
+
+    def create(self, table: sql.Composable, name: str, concurrently: bool = True) -> sql.Composed:
+        return sql.SQL("CREATE {}INDEX {}{} ON {} {}").format(
+            sql.SQL("UNIQUE " if self.unique else ""), sql.SQL("CONCURRENTLY " if concurrently else ""),
+            sql.Identifier(name), table, sql.SQL(self.body))
+
+    def to_spec(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in (None, "")}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "CarriedIndex":
+        return cls(**spec)

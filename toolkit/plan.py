@@ -20,8 +20,8 @@ from psycopg import sql
 
 from toolkit import __version__, access, catalog
 from toolkit.errors import BadInput
-from toolkit.indexes import (HNSW_MAX_DIMS, PG_IDENTIFIER_MAX, IndexSpec, bounded_identifier,  # noqa: F401 (re-exported)
-                             plan_indexes)
+from toolkit.indexes import (HNSW_MAX_DIMS, PG_IDENTIFIER_MAX, CarriedIndex, IndexSpec,  # noqa: F401 (re-exported)
+                             bounded_identifier, plan_indexes)
 from toolkit.providers.base import ModelRef
 from toolkit.providers.models import RETIRED, model_info, model_tag
 from toolkit.state import PlanRecord, get_plan
@@ -34,6 +34,24 @@ _PLAN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 DOCUMENT_TASK = "RETRIEVAL_DOCUMENT"
 QUERY_TASK = "RETRIEVAL_QUERY"
+
+
+@dataclass
+class CopySpec:
+    """What the copy strategy creates and renames: the copy (until cutover), the original's name
+    after cutover, and every index of the original to build on the copy."""
+
+    table: str
+    old_table: str
+    indexes: list[CarriedIndex] = field(default_factory=list)
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"table": self.table, "old_table": self.old_table, "indexes": [i.to_spec() for i in self.indexes]}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "CopySpec":
+        return cls(table=spec["table"], old_table=spec["old_table"],
+                   indexes=[CarriedIndex.from_spec(i) for i in spec.get("indexes", [])])
 
 
 @dataclass
@@ -76,6 +94,7 @@ class Plan:
     table_fingerprint: str
     estimate: Estimate | None = None
     strategy: str = DEFAULT_STRATEGY  # where the new vectors live until cutover (toolkit.strategies)
+    copy: CopySpec | None = None  # the copy strategy's objects
     document_task: str = DOCUMENT_TASK
     query_task: str = QUERY_TASK
     text_joiner: str = TEXT_JOINER
@@ -188,6 +207,8 @@ class Plan:
             spec["text"]["inputs"] = self.text_inputs
         if self.indexes:
             spec["indexes"] = [i.to_spec() for i in self.indexes]
+        if self.copy:
+            spec["copy"] = self.copy.to_spec()
         if self.estimate:
             spec["estimate"] = asdict(self.estimate)
         return spec
@@ -214,6 +235,7 @@ class Plan:
                 indexes=[IndexSpec.from_spec(i) for i in indexes],
                 estimate=Estimate(**estimate) if estimate else None,
                 strategy=spec.get("strategy", DEFAULT_STRATEGY),
+                copy=CopySpec.from_spec(spec["copy"]) if spec.get("copy") else None,
                 created_at=spec.get("created_at", ""), reembed_version=spec.get("reembed_version", ""),
             )
         except (KeyError, TypeError, ValueError) as exc:

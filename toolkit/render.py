@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from toolkit import surroundings as around
 from toolkit.catalog import TableInfo
 from toolkit.plan import Plan
+from toolkit.strategies import strategy_for
 
 if TYPE_CHECKING:
     from toolkit.phases.status import PlanStatus
@@ -76,19 +77,11 @@ def plan_report(plan: Plan, path: str, preflight: str, triggers: Sequence[str] =
         + (f" (from {plan.source_dimensions}: the column becomes {plan.new_column_type}; queries are embedded at "
            f"{plan.dimensions} dims from the cutover on)" if plan.dimensions != plan.source_dimensions else ""),
         f"  text: {' + '.join(plan.text_columns)}" + (f", title: {plan.title_column}" if plan.title_column else ""),
+        f"  strategy: {plan.strategy}",
         f"  preflight: {preflight}",
         "",
         "what will happen:",
-        f"  1. prepare   add column {plan.shadow_column} {plan.new_column_type}, tag it, track changes to "
-        f"{', '.join(plan.tracked_columns)}",
-        f"  2. run       embed every row with {plan.target} (RETRIEVAL_DOCUMENT) in checkpointed batches",
-        "  3. index     " + ("; ".join(f"build {i.method} ({i.opclass}, "
-                                       + ", ".join(f"{k}={v}" for k, v in i.options.items())
-                                       + f") CONCURRENTLY as {i.shadow_name}" for i in plan.indexes)
-                             or "no vector index to rebuild"),
-        "  4. verify    coverage, freshness, sanity, index, recall, old-vs-new agreement",
-        f"  5. cutover   one short transaction: {plan.column} -> {plan.old_column}, {plan.shadow_column} -> {plan.column}",
-        f"  6. cleanup   drop {plan.old_column} (rollback possible until then)",
+        *[f"  {line}" for line in strategy_for(plan).describe(plan)],
     ]
     if e:
         steps += [

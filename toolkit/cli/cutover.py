@@ -155,7 +155,7 @@ def _drop_command(action: Any, kind: str, plan_ref: str, lock_timeout: int, retr
         click.echo(f"plan {plan.name}: {kind} already; nothing to drop")
         return
     if result.dropped_anything:
-        dropped = ([f"column {result.column}"] if result.column_existed else []) \
+        dropped = ([f"{result.what} {result.column}"] if result.column_existed else []) \
             + ([f"index {', '.join(result.indexes)}"] if result.indexes else [])
         click.echo(f"plan {plan.name}: {kind}. Dropped {', '.join(dropped)} and the change tracking.")
     else:

@@ -13,6 +13,7 @@ from toolkit.migrations import current_revision
 from toolkit.phases.planning import PlanRequest, inspection, make_plan, planned_sql
 from toolkit.plan import DEFAULT_SOURCE, DEFAULT_TARGET
 from toolkit.state import get_plan, list_plans
+from toolkit.strategies import STRATEGIES
 
 
 @cli.command()
@@ -53,6 +54,10 @@ def _split_columns(_ctx: click.Context, _param: click.Parameter, value: str | No
                    "--rpm/--tpm is given, else none).")
 @click.option("--index", "index", metavar="METHOD:DISTANCE",
               help="Index to build when the column has none, e.g. hnsw:cosine (or l2, ip).")
+@click.option("--strategy", type=click.Choice(STRATEGIES),
+              help="Where the new vectors live until cutover: `copy` (a copy of the table, swapped in by name; "
+                   "the application sees no change) or `column` (a shadow column in the table, renamed in). "
+                   "Default: the recommended one (see the plan's report).")
 @click.option("--sql", "show_sql", is_flag=True, help="Also print the exact SQL each phase will run.")
 @click.option("--offline", is_flag=True, help="Skip the preflight call to the target model.")
 @provider_options
@@ -61,12 +66,13 @@ def _split_columns(_ctx: click.Context, _param: click.Parameter, value: str | No
 @handle_errors
 def plan(table: str, column: str, text_columns: list[str], title_column: str | None, target: str, source: str,
          dimensions: int | None, name: str | None, output: Path | None, rpm: int | None, tpm: int | None,
-         rpd: int | None, index: str | None, show_sql: bool, offline: bool, dsn: str | None, as_json: bool) -> None:
+         rpd: int | None, index: str | None, strategy: str | None, show_sql: bool, offline: bool, dsn: str | None,
+         as_json: bool) -> None:
     """Plan re-embedding TABLE's vector COLUMN with a new model. Validates everything against the
     live table, writes a reviewable TOML plan file and registers the plan. Changes nothing in TABLE."""
     request = PlanRequest(table=table, column=column, text_columns=text_columns, title_column=title_column,
                           target=target, source=source, dimensions=dimensions, name=name, output=output,
-                          rpm=rpm, tpm=tpm, rpd=rpd, offline=offline, index=index)
+                          rpm=rpm, tpm=tpm, rpd=rpd, offline=offline, index=index, strategy=strategy)
     with connected(dsn) as (db, conn):
         result = make_plan(db, conn, request)
         statements = planned_sql(conn, result.plan, result.plan_id) if show_sql else {}

@@ -159,7 +159,7 @@ def capture(conn: psycopg.Connection, oid: int, column: str) -> Captured:
     by_class: dict[str, list[int]] = {}
     for classname, objid in deps:
         by_class.setdefault(classname, []).append(objid)
-    captured.views = _views(conn, oid, by_class.pop("pg_rewrite", []))
+    captured.views = capture_views(conn, oid, by_class.pop("pg_rewrite", []))
     captured.functions = [{"name": r[0], "definition": r[1]} for r in conn.execute(
         "SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid) FROM pg_proc p WHERE p.oid = ANY (%s) ORDER BY p.oid",
         (by_class.pop("pg_proc", []),))]
@@ -210,7 +210,7 @@ def capture(conn: psycopg.Connection, oid: int, column: str) -> Captured:
     return captured
 
 
-def _views(conn: psycopg.Connection, table: int, rewrite_oids: list[int]) -> list[ViewDef]:
+def capture_views(conn: psycopg.Connection, table: int, rewrite_oids: list[int]) -> list[ViewDef]:
     views = []
     for view_oid, schema, name, relkind, definition, reloptions, comment in conn.execute(
             """SELECT DISTINCT c.oid, n.nspname, c.relname, c.relkind::text, pg_get_viewdef(c.oid), c.reloptions,
@@ -254,13 +254,11 @@ def _publications(conn: psycopg.Connection, table: int, num: int) -> list[Public
 
 # -- replay ------------------------------------------------------------------------------------
 
-def recreate(conn: psycopg.Connection, schema: str, table_name: str, captured: Captured) -> list[str]:
-    """Replay the captured definitions; run inside the swap, after the renames. Returns the
-    names of CHECK constraints re-added NOT VALID that were valid before (validate them after
-    the lock is released: VALIDATE scans the table)."""
-    table = sql.Identifier(schema, table_name)
-    column = sql.Identifier(captured.column)
-    for view in captured.views:
+def recreate_readers(conn: psycopg.Connection, views: list[ViewDef], functions: list[dict[str, str]],
+                     policies: list[PolicyDef]) -> None:
+    """Replay views (materialized ones dropped and filled again), SQL-body functions and policies
+    from their captured definitions, so they bind to whatever now carries the names they use."""
+    for view in views:
         ident = sql.Identifier(view.schema, view.name)
         if view.kind == "view":
             # OR REPLACE keeps the view's grants, owner and dependents; its options are restated.
@@ -274,13 +272,13 @@ def recreate(conn: psycopg.Connection, schema: str, table_name: str, captured: C
                 conn.execute(sql.SQL(index_def))
             for grant in view.grants:
                 conn.execute(sql.SQL("GRANT {} ON {} TO {}{}").format(
-                    _privilege(grant["privilege"]), ident, _grantee(grant["grantee"]),
+                    privilege_sql(grant["privilege"]), ident, grantee_sql(grant["grantee"]),
                     sql.SQL(" WITH GRANT OPTION" if grant["grantable"] else "")))
             if view.comment is not None:
                 conn.execute(sql.SQL("COMMENT ON MATERIALIZED VIEW {} IS {}").format(ident, sql.Literal(view.comment)))
-    for function in captured.functions:
+    for function in functions:
         conn.execute(sql.SQL(function["definition"]))
-    for policy in captured.policies:
+    for policy in policies:
         parts = []
         if policy.using is not None:
             parts.append(sql.SQL("USING ({})").format(sql.SQL(policy.using)))
@@ -288,6 +286,15 @@ def recreate(conn: psycopg.Connection, schema: str, table_name: str, captured: C
             parts.append(sql.SQL("WITH CHECK ({})").format(sql.SQL(policy.with_check)))
         conn.execute(sql.SQL("ALTER POLICY {} ON {} {}").format(
             sql.Identifier(policy.name), sql.Identifier(policy.schema, policy.table), sql.SQL(" ").join(parts)))
+
+
+def recreate(conn: psycopg.Connection, schema: str, table_name: str, captured: Captured) -> list[str]:
+    """Replay the captured definitions; run inside the swap, after the renames. Returns the
+    names of CHECK constraints re-added NOT VALID that were valid before (validate them after
+    the lock is released: VALIDATE scans the table)."""
+    table = sql.Identifier(schema, table_name)
+    column = sql.Identifier(captured.column)
+    recreate_readers(conn, captured.views, captured.functions, captured.policies)
     for trigger in captured.triggers:
         conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(trigger.name), table))
         conn.execute(sql.SQL(trigger.definition))
@@ -313,7 +320,7 @@ def recreate(conn: psycopg.Connection, schema: str, table_name: str, captured: C
         conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}{}{}").format(ident, table, columns, where))
     for grant in captured.grants:
         conn.execute(sql.SQL("GRANT {} ({}) ON {} TO {}{}").format(
-            _privilege(grant["privilege"]), column, table, _grantee(grant["grantee"]),
+            privilege_sql(grant["privilege"]), column, table, grantee_sql(grant["grantee"]),
             sql.SQL(" WITH GRANT OPTION" if grant["grantable"] else "")))
     conn.execute(sql.SQL("COMMENT ON COLUMN {} IS {}").format(
         sql.Identifier(schema, table_name, captured.column), sql.Literal(captured.comment)))
@@ -325,13 +332,13 @@ def recreate(conn: psycopg.Connection, schema: str, table_name: str, captured: C
     return to_validate
 
 
-def _privilege(name: str) -> sql.SQL:
+def privilege_sql(name: str) -> sql.SQL:
     if name not in PRIVILEGES | {"DELETE", "TRUNCATE", "TRIGGER", "MAINTAIN"}:
         raise ValueError(f"unexpected privilege {name!r}")
     return sql.SQL(name)
 
 
-def _grantee(name: str) -> sql.Composable:
+def grantee_sql(name: str) -> sql.Composable:
     return sql.SQL("PUBLIC") if name == "PUBLIC" else sql.Identifier(name)
 
 

@@ -20,7 +20,7 @@ from toolkit.db import Database
 from toolkit.errors import BadInput, ProviderError, ReembedError, Unreachable
 from toolkit.estimate import estimate
 from toolkit.phases import SQL_PHASES
-from toolkit.plan import DEFAULT_SOURCE, DEFAULT_TARGET, Plan, build
+from toolkit.plan import DEFAULT_SOURCE, DEFAULT_STRATEGY, DEFAULT_TARGET, Plan, build
 from toolkit.state import register_plan
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class PlanRequest:
     rpd: int | None = None
     offline: bool = False
     index: str | None = None
+    strategy: str | None = None  # None: the recommended one
 
 
 @dataclass
@@ -72,7 +73,8 @@ def inspection(conn: psycopg.Connection, table: str) -> Inspection:
 def make_plan(db: Database, conn: psycopg.Connection, request: PlanRequest) -> PlanResult:
     plan, info = build(conn, table=request.table, column=request.column, text_columns=request.text_columns,
                        title_column=request.title_column, target=request.target, source=request.source,
-                       dimensions=request.dimensions, name=request.name, index_request=request.index)
+                       dimensions=request.dimensions, name=request.name, index_request=request.index,
+                       strategy=request.strategy or DEFAULT_STRATEGY)
     access.refuse_missing_privileges(conn, info, plan.column)
     path = request.output or Path(f"reembed-{plan.name}.toml")
     if path.exists() and not path.is_file():
@@ -129,9 +131,7 @@ def planned_sql(conn: psycopg.Connection, plan: Plan, plan_id: int | None = None
         if statements is None:
             continue
         parameters = inspect.signature(statements).parameters
-        extra = {"plan_id": plan_id} if "plan_id" in parameters else {}
-        if "conn" in parameters:  # statements that depend on the table as it is now
-            extra["conn"] = conn
+        extra = {k: v for k, v in (("plan_id", plan_id), ("conn", conn)) if k in parameters}
         composed = statements(plan, **extra)
         out[phase] = [s.as_string(conn) for s in composed]
     return out

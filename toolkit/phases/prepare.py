@@ -96,11 +96,12 @@ def _seed(plan: Plan, plan_id: int) -> sql.Composable:
     return template("prepare_seed_ledger", plan_id=sql.Literal(plan_id), key=key_json(plan, "t"), table=plan.table)
 
 
-def planned_sql(plan: Plan, plan_id: int | None = None) -> list[sql.Composable]:
+def planned_sql(plan: Plan, plan_id: int | None = None, conn: psycopg.Connection | None = None) -> list[sql.Composable]:
     """The statements prepare runs, in order. Without `plan_id` (not known before registration)
-    the plan's id shows as 0; prepare itself always renders with the registered id."""
+    the plan's id shows as 0; prepare itself always renders with the registered id. Some are
+    read from the live catalog (`conn`); without it they are summarized."""
     pid = plan_id if plan_id is not None else 0
-    return strategy_for(plan).prepare_sql(plan, pid) + [_seed(plan, pid)]
+    return strategy_for(plan).prepare_sql(plan, pid, conn) + [_seed(plan, pid)]
 
 
 # -- check, action -------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from toolkit.phases.ddl import template
 from toolkit.phases.ledger import Key
 from toolkit.phases.prepare import key_json, vector_type
 from toolkit.plan import Plan
+from toolkit.strategies.base import Write
 
 EMPTY_TEXT = "empty text"
 
@@ -110,7 +111,7 @@ class BatchWriter:
         if self._types is None:
             self._copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
                 self.stage, sql.SQL(", ").join(sql.Identifier(c) for c in self._columns))
-        self._write = strategy_for(plan).write_statement(plan, phase, self.stage, plan_id, owner)
+        self._write = strategy_for(plan).write_statement(conn, plan, phase, self.stage, plan_id, owner)
 
     def _binary_types(self) -> list[int] | None:
         """OIDs of the stage's columns (domains resolved to their base type), or None when a key type
@@ -149,7 +150,7 @@ class BatchWriter:
                             continue
                         by_key[_key_str(row.key)] = i
                         copy.write_row((*row.key_values, Jsonb(row.key), row.hash, v, reason))
-                results = cur.execute(self._write).fetchall() if by_key else []
+                results = run_write(cur, self._write)[0] if by_key else []
                 done_keys = set()
                 for key, was_skipped, embed_count in results:
                     done_keys.add(_key_str(key))
@@ -176,6 +177,18 @@ class BatchWriter:
             "backfill_forget", plan_id=sql.Literal(self.plan_id), owner=sql.Literal(self.owner),
             keys=sql.Placeholder(), table=self.plan.table, match=match(self.plan, "t", "k")),
             ([Jsonb(k) for k in keys],)).rowcount
+
+
+def run_write(cur: psycopg.Cursor, write: Write) -> tuple[list[tuple[Any, ...]], int]:
+    """The strategy's write inside the caller's transaction: what goes before, the statement,
+    what goes after. Returns the statement's rows and row count."""
+    for statement in write.before:
+        cur.execute(statement)
+    cur.execute(write.statement)
+    rows, count = (cur.fetchall() if cur.description else []), cur.rowcount
+    for statement in write.after:
+        cur.execute(statement)
+    return rows, count
 
 
 def _key_str(key: Key) -> str:

@@ -11,16 +11,16 @@ import importlib
 from typing import TYPE_CHECKING
 
 from toolkit.errors import BadInput
-from toolkit.strategies.base import DropResult, IndexTarget, Place, Places, Strategy
+from toolkit.strategies.base import DropResult, IndexTarget, Place, Places, Strategy, Write
 
 if TYPE_CHECKING:
     from toolkit.plan import Plan
 
 # name -> "module:class"
-_REGISTRY = {"column": "toolkit.strategies.column:ColumnStrategy"}
+_REGISTRY = {"column": "toolkit.strategies.column:ColumnStrategy", "copy": "toolkit.strategies.copy:CopyStrategy"}
 _LOADED: dict[str, Strategy] = {}
 
-__all__ = ["DropResult", "IndexTarget", "Place", "Places", "Strategy", "STRATEGIES", "places", "strategy_for",
+__all__ = ["DropResult", "IndexTarget", "Place", "Places", "Strategy", "STRATEGIES", "Write", "places", "strategy_for",
            "strategy_named"]
 
 STRATEGIES = tuple(_REGISTRY)

@@ -87,12 +87,22 @@ class IndexTarget:
     partition_name: Callable[[str], str] | None = None
 
 
+@dataclass(frozen=True)
+class Write:
+    """A guarded write of a staged batch: `statement`, and what runs around it in the same
+    transaction (`before`, `after`), e.g. keeping the application's triggers from firing."""
+
+    statement: sql.Composed
+    before: tuple[sql.Composable, ...] = ()
+    after: tuple[sql.Composable, ...] = ()
+
+
 @dataclass
 class DropResult:
     """What cleanup or abandon dropped, and how much disk that returns (now or after a rewrite)."""
 
     phase: str
-    column: str
+    column: str  # what was dropped: the column (column strategy) or the table (copy strategy)
     column_existed: bool
     index: str | None
     index_bytes: int = 0
@@ -104,6 +114,7 @@ class DropResult:
     @property
     def dropped_anything(self) -> bool:
         return self.column_existed or bool(self.indexes)
+    what: str = "column"  # the kind of `column`: column | table
 
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "dropped_anything": self.dropped_anything}
@@ -138,18 +149,22 @@ class Strategy(Protocol):
         """Make the place for the new vectors and start tracking changes; idempotent. Returns what
         was made, in words. The shared prepare phase seeds the ledger afterwards."""
 
-    def prepare_sql(self, plan: "Plan", plan_id: int) -> list[sql.Composable]: ...
+    def prepare_sql(self, plan: "Plan", plan_id: int, conn: psycopg.Connection | None = None) -> list[sql.Composable]:
+        """What prepare will run (some of it read from the live catalog when `conn` is given)."""
+
+    def describe(self, plan: "Plan") -> list[str]:
+        """What each phase will do to the application's table, in words, for `reembed plan`."""
 
     def drop_tracking(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord", *, lock_timeout_ms: int,
                       retries: int) -> None:
         """The inverse of the tracking part of prepare (idempotent); cleanup and abandon call it."""
 
     # -- backfill ---------------------------------------------------------------------------
-    def write_statement(self, plan: "Plan", phase: str, stage: sql.Identifier, plan_id: int,
-                        owner: str) -> sql.Composed:
+    def write_statement(self, conn: psycopg.Connection, plan: "Plan", phase: str, stage: sql.Identifier,
+                        plan_id: int, owner: str) -> Write:
         """The guarded write of one staged batch into `places(phase).new`, marking the ledger."""
 
-    def fill_statement(self, plan: "Plan", phase: str, stage: sql.Identifier) -> sql.Composed:
+    def fill_statement(self, conn: psycopg.Connection, plan: "Plan", phase: str, stage: sql.Identifier) -> Write:
         """The guarded write of staged source-model vectors into `places(phase).old` (rollback fill)."""
 
     # -- index ------------------------------------------------------------------------------

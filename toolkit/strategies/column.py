@@ -28,7 +28,7 @@ from toolkit.phases.prepare import column_comment, key_json, new_column_type, tr
 from toolkit.plan import Plan
 from toolkit.providers.models import model_tag
 from toolkit.state import PlanRecord, log_event
-from toolkit.strategies.base import SWAPPED_PHASES, DropResult, IndexTarget, Place, Places, Retry
+from toolkit.strategies.base import SWAPPED_PHASES, DropResult, IndexTarget, Place, Places, Retry, Write
 
 _STORAGE = {"p": "PLAIN", "e": "EXTERNAL", "m": "MAIN", "x": "EXTENDED"}
 HNSW_GRAPH_OVERHEAD = 1.3
@@ -109,28 +109,35 @@ class ColumnStrategy:
                           lock_timeout_ms=lock_timeout_ms, retries=retries)
         return f"shadow column {plan.shadow_column} added, tracking installed"
 
-    def prepare_sql(self, plan: Plan, plan_id: int) -> list[sql.Composable]:
+    def prepare_sql(self, plan: Plan, plan_id: int, conn: psycopg.Connection | None = None) -> list[sql.Composable]:
         return [_add_column(plan), _comment(plan), _track_function(plan, plan_id), _track_trigger(plan, plan_id)]
 
     def drop_tracking(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
                       retries: int) -> None:
         _drop_tracking(conn, plan, record, lock_timeout_ms=lock_timeout_ms, retries=retries)
 
-    # -- backfill ---------------------------------------------------------------------------
-    def write_statement(self, plan: Plan, phase: str, stage: sql.Identifier, plan_id: int,
-                        owner: str) -> sql.Composed:
-        new = self.places(plan, phase).new
-        return template("backfill_write", table=new.ident, target=sql.Identifier(new.column), stage=stage,
-                        match=_match(plan, "t", "s"), hash=plan.text_hash_expression("t"),
-                        plan_id=sql.Literal(plan_id), owner=sql.Literal(owner))
+    def describe(self, plan: Plan) -> list[str]:
+        return [
+            f"1. prepare   add column {plan.shadow_column} {plan.new_column_type} to {plan.table_display}, tag it, "
+            f"track changes to {', '.join(plan.tracked_columns)}",
+            f"2. run       embed every row with {plan.target} (RETRIEVAL_DOCUMENT) in checkpointed batches, "
+            f"UPDATEing {plan.shadow_column} (the application's UPDATE triggers fire for every row)",
+            "3. index     " + ("; ".join(f"build {i.method} ({i.opclass}, " + ", ".join(f"{k}={v}" for k, v in i.options.items())
+                                         + f") CONCURRENTLY as {i.shadow_name}" for i in plan.indexes)
+                               or "no vector index to rebuild"),
+            "4. verify    coverage, freshness, sanity, index, recall, old-vs-new agreement",
+            f"5. cutover   one short transaction: {plan.column} -> {plan.old_column}, {plan.shadow_column} -> "
+            f"{plan.column}",
+            f"6. cleanup   drop {plan.old_column} (rollback possible until then; its space returns on a rewrite)",
+        ]
 
-    def fill_statement(self, plan: Plan, phase: str, stage: sql.Identifier) -> sql.Composed:
-        old = self.places(plan, phase).old
-        column = sql.Identifier(old.column)
-        return sql.SQL(
-            "UPDATE {table} AS t SET {column} = s.v FROM {stage} AS s WHERE {match} AND {hash} = s.hash "
-            "AND t.{column} IS NULL").format(table=old.ident, column=column, stage=stage,
-                                              match=_match(plan, "t", "s"), hash=plan.text_hash_expression("t"))
+    # -- backfill ---------------------------------------------------------------------------
+    def write_statement(self, conn: psycopg.Connection, plan: Plan, phase: str, stage: sql.Identifier,
+                        plan_id: int, owner: str) -> Write:
+        return Write(update_statement(plan, self.places(plan, phase).new, stage, plan_id, owner))
+
+    def fill_statement(self, conn: psycopg.Connection, plan: Plan, phase: str, stage: sql.Identifier) -> Write:
+        return Write(fill_update(plan, self.places(plan, phase).old, stage))
 
     # -- index ------------------------------------------------------------------------------
     def check_index(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> None:
@@ -353,6 +360,22 @@ def _partition_index_renames(conn: psycopg.Connection, plan: Plan, direction: st
             + [(coming, leaving) for _, leaving, coming in rows])
 
 
+def update_statement(plan: Plan, place: Place, stage: sql.Identifier, plan_id: int, owner: str) -> sql.Composed:
+    """The guarded `UPDATE ... FROM stage` of `place` that also marks the ledger (sql/backfill_write.sql)."""
+    return template("backfill_write", table=place.ident, target=sql.Identifier(place.column), stage=stage,
+                    match=_match(plan, "t", "s"), hash=plan.text_hash_expression("t"),
+                    plan_id=sql.Literal(plan_id), owner=sql.Literal(owner))
+
+
+def fill_update(plan: Plan, place: Place, stage: sql.Identifier) -> sql.Composed:
+    """The guarded fill of source-model vectors into `place` where it has none."""
+    column = sql.Identifier(place.column)
+    return sql.SQL(
+        "UPDATE {table} AS t SET {column} = s.v FROM {stage} AS s WHERE {match} AND {hash} = s.hash "
+        "AND t.{column} IS NULL").format(table=place.ident, column=column, stage=stage,
+                                          match=_match(plan, "t", "s"), hash=plan.text_hash_expression("t"))
+
+
 def _match(plan: Plan, left: str, right: str) -> sql.Composable:
     return sql.SQL(" AND ").join(
         sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), sql.Identifier(c), sql.Identifier(right),
@@ -380,7 +403,8 @@ def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: s
 
     oid = dependents.table_oid(conn, plan.table)
     exists = swap.column_state(conn, oid, column) is not None
-    result = DropResult(phase=phase, column=column, column_existed=exists, index=indexes[0] if indexes else None)
+    result = DropResult(phase=phase, column=column, column_existed=exists, index=indexes[0] if indexes else None,
+                        indexes=list(indexes), what="column")
     if exists:
         blockers = _bound_elsewhere(conn, oid, column, plan.table_schema, set(indexes))
         if blockers:

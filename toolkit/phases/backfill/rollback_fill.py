@@ -22,11 +22,11 @@ from toolkit.phases.backfill.options import Counters, RunOptions, RunSummary, Th
 from toolkit.phases.backfill.run import check
 from toolkit.phases.ddl import template
 from toolkit.phases.prepare import key_json, source_vector_type
-from toolkit.phases.writer import SourceRow, check_vectors, key_columns
+from toolkit.phases.writer import SourceRow, check_vectors, key_columns, run_write
 from toolkit.plan import Plan, load
 from toolkit.providers.base import EmbedBatch, Embedder
 from toolkit.state import log_event
-from toolkit.strategies import Place, places, strategy_for
+from toolkit.strategies import Place, Write, places, strategy_for
 
 
 def rollback_fill(db: Database, plan_ref: str, options: RunOptions) -> RunSummary:
@@ -47,7 +47,7 @@ def rollback_fill(db: Database, plan_ref: str, options: RunOptions) -> RunSummar
         embedder = make_embedder(plan.source_ref, plan.source_dimensions, settings)
         started = time.monotonic()
         counters = Counters()
-        writer = FillWriter(conn, plan, old, strategy_for(plan).fill_statement(plan, record.phase, FILL_STAGE))
+        writer = FillWriter(conn, plan, old, strategy_for(plan).fill_statement(conn, plan, record.phase, FILL_STAGE))
         throttle = Throttle(options.max_rows_per_second)
         bar = progress_bar(writer.count_missing(), options.progress)
         pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="reembed-rollback")
@@ -103,7 +103,7 @@ FILL_STAGE = sql.Identifier("reembed_rollback_stage")
 class FillWriter:
     """Keyset walk over rows lacking an old-model vector in `place`, and the guarded write there."""
 
-    def __init__(self, conn: psycopg.Connection, plan: Plan, place: Place, statement: sql.Composed) -> None:
+    def __init__(self, conn: psycopg.Connection, plan: Plan, place: Place, statement: Write) -> None:
         self.conn, self.plan = conn, plan
         self.table = place.ident
         keys = key_columns(plan, "t")
@@ -149,4 +149,4 @@ class FillWriter:
                     for j, position in enumerate(result.index):
                         row = rows[position]
                         copy.write_row((*row.key_values, Jsonb(row.key), row.hash, result.vectors[j]))
-                return cur.execute(self._update).rowcount
+                return run_write(cur, self._update)[1]

@@ -218,12 +218,14 @@ def tune_session(conn: psycopg.Connection) -> None:
 
 
 def write_with_retry(write: Callable[[], Outcome], attempts: int = 5) -> Outcome:
-    """A deadlock or serialization failure (two writers on one row after a lease takeover) is
-    rolled back whole by PostgreSQL; trying again is safe."""
+    """A deadlock or serialization failure (two writers on one row after a lease takeover), or a
+    lock not granted in time (a write that keeps the application's triggers quiet takes a short
+    table lock), is rolled back whole by PostgreSQL; trying again is safe."""
     for attempt in range(1, attempts + 1):
         try:
             return write()
-        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
+                psycopg.errors.LockNotAvailable):
             if attempt == attempts:
                 raise
             time.sleep(0.05 * attempt)

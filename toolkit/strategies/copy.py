@@ -1,0 +1,300 @@
+"""The copy strategy: re-embed into a copy of the table and swap the tables' names at cutover.
+
+The application's table is only read until the swap: prepare makes a copy with exactly the same
+columns (copy_table.py) and triggers that mirror every application write into it in the same
+transaction (propagation.py); the backfill reads the original and writes whole rows with their
+new vectors into the copy (sql/copy_write.sql); every index of the original is built on the copy
+CONCURRENTLY; verify reads the copy; the swap renames the two tables and carries over what binds
+to the table by OID (table_swap.py). The application then sees a table with exactly the shape it
+had: a `SELECT *` prepared before keeps its result type, its triggers fire only for its own
+writes, and nothing is left over in its table after cleanup (the old table is dropped whole).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import psycopg
+from psycopg import sql
+
+from toolkit.catalog import TableInfo
+from toolkit.errors import BadInput, GateFailed
+from toolkit.indexes import bounded_identifier
+from toolkit.phases import swap as column_swap
+from toolkit.phases.ddl import template
+from toolkit.phases.locking import run_locked
+from toolkit.phases.prepare import key_json, with_lock_timeout
+from toolkit.plan import CopySpec, Plan
+from toolkit.providers.models import model_tag
+from toolkit.state import PlanRecord, log_event, set_phase
+from toolkit.strategies import propagation, table_swap
+from toolkit.strategies.base import SWAPPED_PHASES, DropResult, IndexTarget, Place, Places, Retry, Write
+from toolkit.strategies.column import fill_update, update_statement
+from toolkit.strategies.copy_table import (carried_indexes, columns, copy_tag, create_statements, refusals, shape,
+                                           writable)
+
+HNSW_GRAPH_OVERHEAD = 1.3
+QUIET_LOCK_TIMEOUT_MS = 200
+
+
+class CopyStrategy:
+    name = "copy"
+
+    # -- where things are -------------------------------------------------------------------
+    def places(self, plan: Plan, phase: str) -> Places:
+        copy = _spec(plan)
+        schema, table = plan.table_schema, plan.table_name
+        read = Place(schema, table, plan.column, tuple(i.original_name for i in plan.indexes))
+        if phase in SWAPPED_PHASES:
+            new = Place(schema, table, plan.column, tuple(i.original_name or i.shadow_name for i in plan.indexes))
+            old = Place(schema, copy.old_table, plan.column,
+                        tuple(i.old_name if i.original_name else None for i in plan.indexes))
+        else:
+            new = Place(schema, copy.table, plan.column, tuple(i.shadow_name for i in plan.indexes))
+            old = read
+        return Places(read=read, new=new, old=old)
+
+    # -- plan ---------------------------------------------------------------------------------
+    def check_plan(self, conn: psycopg.Connection, plan: Plan, info: TableInfo) -> None:
+        """Name the copy and the old table, list every index to carry; refuse what cannot be carried."""
+        tag, source_tag = model_tag(plan.target_ref), model_tag(plan.source_ref)
+        plan.copy = CopySpec(table=bounded_identifier(info.name, tag),
+                             old_table=bounded_identifier(info.name, "old_" + source_tag),
+                             indexes=carried_indexes(conn, info.oid, tag, source_tag))
+        problems = refusals(conn, info.oid, plan.copy.table, plan.copy.old_table, info.schema)
+        if problems:
+            raise BadInput(f"the copy strategy cannot carry {info.qualified}: {'; '.join(problems)} "
+                           "(plan --strategy column to re-embed in place)")
+
+    def disk_bytes(self, plan: Plan, rows: int) -> tuple[int, int]:
+        # The whole table again (heap, TOAST, every index) until cleanup; estimated from the
+        # original's own size when it is known (plan fills it through the estimate's TableInfo).
+        vector_bytes = 4 * plan.dimensions + 8
+        data = rows * vector_bytes
+        return data, int(data * HNSW_GRAPH_OVERHEAD) * len(plan.indexes)
+
+    # -- prepare ↔ abandon ------------------------------------------------------------------
+    def check_prepare(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> None:
+        tag = copy_tag(conn, plan)
+        if tag is not None and tag.get("plan") != plan.name:
+            raise GateFailed(f"table {plan.table_schema}.{_spec(plan).table} already exists and was not created by "
+                             f"plan {plan.name!r}: drop or rename it, or plan another target")
+        if tag is not None and shape(conn, _copy_ident(plan)) != shape(conn, plan.table):
+            raise GateFailed(f"the copy {plan.table_schema}.{_spec(plan).table} no longer has the columns of "
+                             f"{plan.table_display} (the table was altered): `reembed abandon {plan.name}` and plan "
+                             "again")
+
+    def is_prepared(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> bool:
+        return propagation.installed(conn, record.id, "forward", plan.table)
+
+    def prepare(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
+                retries: int) -> str:
+        copy = _copy_ident(plan)
+        if copy_tag(conn, plan) is None:
+            statements = create_statements(conn, plan)
+
+            def create(c: psycopg.Connection) -> None:
+                for statement in statements:
+                    c.execute(statement)
+
+            with_lock_timeout(conn, create, what=f"creating the copy {copy.as_string(conn)}",
+                              lock_timeout_ms=lock_timeout_ms, retries=retries)
+            log_event(conn, record.id, "copy", f"copy {copy.as_string(conn)} created",
+                      {"copy": _spec(plan).table, "columns": [c[0] for c in shape(conn, copy)]}, phase=record.phase)
+
+        def install(c: psycopg.Connection) -> None:
+            for statement in propagation.install(c, plan, record.id, "forward", plan.table, copy):
+                c.execute(statement)
+
+        with_lock_timeout(conn, install, what="installing change propagation", lock_timeout_ms=lock_timeout_ms,
+                          retries=retries)
+        return f"copy {copy.as_string(conn)} created, change propagation installed"
+
+    def prepare_sql(self, plan: Plan, plan_id: int, conn: psycopg.Connection | None = None) -> list[sql.Composable]:
+        if conn is None:
+            return [sql.SQL("-- CREATE TABLE {} (LIKE {} ...), its primary key, the propagation triggers").format(
+                _copy_ident(plan), plan.table)]
+        return create_statements(conn, plan) + propagation.install(conn, plan, plan_id, "forward", plan.table,
+                                                                    _copy_ident(plan))
+
+    def drop_tracking(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
+                      retries: int) -> None:
+        tables = [plan.table, _copy_ident(plan), _old_ident(plan)]
+
+        def drop(c: psycopg.Connection) -> None:
+            present = [t for t in tables if c.execute("SELECT to_regclass(%s)", (t.as_string(c),)).fetchone()[0]]
+            for direction in propagation.DIRECTIONS:
+                for table in present:
+                    for statement in propagation.remove(record.id, direction, table)[:2]:
+                        c.execute(statement)
+                for statement in propagation.remove(record.id, direction, None):
+                    c.execute(statement)
+
+        with_lock_timeout(conn, drop, what="dropping change propagation", lock_timeout_ms=lock_timeout_ms,
+                          retries=retries)
+        log_event(conn, record.id, "tracking", "change propagation dropped")
+
+    def describe(self, plan: Plan) -> list[str]:
+        copy = _spec(plan)
+        others = [i.original_name for i in copy.indexes if i.original_name not in {v.original_name for v in plan.indexes}]
+        return [
+            f"1. prepare   create {plan.table_schema}.{copy.table}, a copy of {plan.table_display} with the same "
+            f"columns, and triggers that mirror every write into it in the same transaction",
+            f"2. run       embed every row with {plan.target} (RETRIEVAL_DOCUMENT), writing whole rows into the copy "
+            f"({plan.table_display} is only read; none of its triggers fire)",
+            "3. index     on the copy, CONCURRENTLY: " + "; ".join(
+                [f"{i.method} ({i.opclass}) as {i.shadow_name}" for i in plan.indexes]
+                + ([f"and {', '.join(others)}"] if others else [])),
+            "4. verify    on the copy: coverage, freshness, sanity, index, recall, old-vs-new agreement",
+            f"5. cutover   one short transaction: {plan.table_name} -> {copy.old_table}, {copy.table} -> "
+            f"{plan.table_name}; triggers, policies, grants, foreign keys, views, publications follow",
+            f"6. cleanup   drop {copy.old_table} (rollback possible until then; its space returns at once)",
+        ]
+
+    # -- backfill ---------------------------------------------------------------------------
+    def write_statement(self, conn: psycopg.Connection, plan: Plan, phase: str, stage: sql.Identifier,
+                        plan_id: int, owner: str) -> Write:
+        new = self.places(plan, phase).new
+        if phase in SWAPPED_PHASES:  # the new vectors are in the application's table now
+            return _quietly(conn, new.ident, update_statement(plan, new, stage, plan_id, owner))
+        copied = writable(columns(conn, plan.table), plan.column)
+        match = sql.SQL(" AND ").join(sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(c)) for c in plan.primary_key)
+        return Write(template(
+            "copy_write", plan_id=sql.Literal(plan_id), owner=sql.Literal(owner), stage=stage, copy=new.ident,
+            columns=sql.SQL(", ").join(map(sql.Identifier, copied)), vector=sql.Identifier(plan.column),
+            values=sql.SQL(", ").join(sql.Identifier("t", c) for c in copied), original=plan.table, match=match,
+            hash=plan.text_hash_expression("t"), key=sql.SQL(", ").join(map(sql.Identifier, plan.primary_key)),
+            copy_key=key_json(plan, "c")))
+
+    def fill_statement(self, conn: psycopg.Connection, plan: Plan, phase: str, stage: sql.Identifier) -> Write:
+        old = self.places(plan, phase).old
+        return _quietly(conn, old.ident, fill_update(plan, old, stage))
+
+    # -- index ------------------------------------------------------------------------------
+    def check_index(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> None:
+        if copy_tag(conn, plan) is None:
+            raise GateFailed(f"the copy {plan.table_schema}.{_spec(plan).table} is missing: `reembed run {plan.name}`")
+        now = {r[0] for r in conn.execute("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                                          "WHERE i.indrelid = to_regclass(%s)", (plan.table.as_string(conn),))}
+        planned = {i.original_name for i in _spec(plan).indexes}
+        if now != planned:
+            raise GateFailed(f"the indexes of {plan.table_display} changed since plan {plan.name!r} was made "
+                             f"(planned {sorted(planned)}, now {sorted(now)}): `reembed abandon {plan.name}` and "
+                             "plan again")
+
+    def index_targets(self, plan: Plan, phase: str) -> list[IndexTarget]:
+        copy = self.places(plan, "backfilled").new
+        vector_names = {i.original_name for i in plan.indexes}
+        targets = [IndexTarget(name=i.shadow_name, schema=copy.schema, table=copy.ident,
+                               statement=i.create(copy.ident, i.shadow_name), vector=i.original_name in vector_names)
+                   for i in _spec(plan).indexes]
+        # An index asked for with --index has no original to copy: built from its parts.
+        targets += [IndexTarget(name=i.shadow_name, schema=copy.schema, table=copy.ident,
+                                statement=i.render(copy.ident, plan.column, i.shadow_name), vector=True)
+                    for i in plan.indexes if i.original_name is None]
+        return targets
+
+    # -- cutover ↔ rollback -----------------------------------------------------------------
+    def check_swap(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, direction: str, *,
+                   refresh_matviews: bool) -> dict[str, list[str]]:
+        return table_swap.check(conn, plan, record, direction, self.index_targets(plan, "backfilled"),
+                                refresh_matviews=refresh_matviews)
+
+    def swap(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, direction: str, *,
+             recheck: Callable[[psycopg.Connection], None], lock_timeout_ms: int, retries: int,
+             refresh_matviews: bool, on_retry: Retry | None) -> column_swap.SwapOutcome:
+        return table_swap.perform(conn, plan, record, direction, recheck=recheck, lock_timeout_ms=lock_timeout_ms,
+                                  retries=retries, refresh_matviews=refresh_matviews, on_retry=on_retry)
+
+    def finish_swap(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
+                    retries: int) -> list[str]:
+        return table_swap.finish(conn, plan, record, lock_timeout_ms=lock_timeout_ms, retries=retries)
+
+    def swap_sql(self, plan: Plan, direction: str) -> list[sql.Composable]:
+        return table_swap.statements(plan, direction)
+
+    # -- cleanup / abandon ------------------------------------------------------------------
+    def cleanup(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
+                retries: int) -> DropResult:
+        return _drop_table(conn, plan, record, _old_ident(plan), "cleaned_up", lock_timeout_ms, retries)
+
+    def abandon(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
+                retries: int) -> DropResult:
+        return _drop_table(conn, plan, record, _copy_ident(plan), "abandoned", lock_timeout_ms, retries)
+
+    def cleanup_sql(self, plan: Plan) -> list[sql.Composable]:
+        return [sql.SQL("-- drop the change propagation triggers and functions (both directions)"),
+                template("copy_drop_table", table=_old_ident(plan))]
+
+
+def _spec(plan: Plan) -> CopySpec:
+    if plan.copy is None:
+        raise BadInput(f"plan {plan.name!r} uses the copy strategy but records no copy: plan it again")
+    return plan.copy
+
+
+def _copy_ident(plan: Plan) -> sql.Identifier:
+    return sql.Identifier(plan.table_schema, _spec(plan).table)
+
+
+def _old_ident(plan: Plan) -> sql.Identifier:
+    return sql.Identifier(plan.table_schema, _spec(plan).old_table)
+
+
+def application_triggers(conn: psycopg.Connection, table: sql.Identifier) -> list[tuple[str, str]]:
+    """(name, tgenabled) of the enabled triggers on `table` that are neither internal (foreign keys)
+    nor reembed's own."""
+    return [(r[0], r[1]) for r in conn.execute(
+        "SELECT tgname, tgenabled::text FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal "
+        "AND tgenabled <> 'D' AND tgname NOT LIKE 'reembed\\_%%' ORDER BY tgname", (table.as_string(conn),))]
+
+
+def _quietly(conn: psycopg.Connection, table: sql.Identifier, statement: sql.Composed) -> Write:
+    """`statement` on a table the application uses, with its triggers switched off inside the write's
+    own transaction only: other sessions never see them disabled (the catalog change is undone before
+    commit), and the short SHARE ROW EXCLUSIVE lock it takes waits at most QUIET_LOCK_TIMEOUT_MS."""
+    triggers = application_triggers(conn, table)
+    if not triggers:
+        return Write(statement)
+    enable = {"O": "ENABLE TRIGGER", "A": "ENABLE ALWAYS TRIGGER", "R": "ENABLE REPLICA TRIGGER"}
+    off = sql.SQL("ALTER TABLE {} {}").format(table, sql.SQL(", ").join(
+        sql.SQL("DISABLE TRIGGER {}").format(sql.Identifier(name)) for name, _ in triggers))
+    on = sql.SQL("ALTER TABLE {} {}").format(table, sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.SQL(enable[state]), sql.Identifier(name)) for name, state in triggers))
+    timeout = template("prepare_lock_timeout", timeout=sql.Literal(f"{QUIET_LOCK_TIMEOUT_MS}ms"))
+    return Write(statement, before=(timeout, off), after=(on,))
+
+
+def _drop_table(conn: psycopg.Connection, plan: Plan, record: PlanRecord, table: sql.Identifier, phase: str,
+                lock_timeout_ms: int, retries: int) -> DropResult:
+    """Drop the propagation, then `table` (the old one after cutover, the copy before), without
+    CASCADE; the disk it held is returned at once."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table.as_string(conn),)).fetchone()[0]
+    name = table.as_string(conn)
+    result = DropResult(phase=phase, column=name, column_existed=bool(exists), index=None, what="table")
+    if exists:
+        blockers = table_swap.bound_elsewhere(conn, table)
+        if blockers:
+            raise GateFailed(f"{'; '.join(blockers)} still use(s) {name}: drop or re-point them first (reembed drops "
+                             "without CASCADE); nothing was dropped")
+        sizes = conn.execute("SELECT pg_total_relation_size(to_regclass(%s)), pg_indexes_size(to_regclass(%s))",
+                             (name, name)).fetchone()
+        result.column_bytes, result.index_bytes = int(sizes[0]), int(sizes[1])
+        result.indexes = [r[0] for r in conn.execute(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = "
+            "to_regclass(%s) ORDER BY 1", (name,))]
+    CopyStrategy().drop_tracking(conn, plan, record, lock_timeout_ms=lock_timeout_ms, retries=retries)
+    if exists:
+        def drop(c: psycopg.Connection) -> None:
+            c.execute(template("copy_drop_table", table=table))
+        try:
+            run_locked(conn, [table], drop, lock_timeout_ms=lock_timeout_ms, retries=retries, what=f"dropping {name}")
+        except psycopg.errors.DependentObjectsStillExist as exc:
+            detail = (exc.diag.message_detail or "").replace("\n", "; ")
+            raise GateFailed(f"{name} is still used: {detail}; drop or re-point that first (reembed drops without "
+                             "CASCADE)") from None
+        result.notes.append(f"dropping {name} returned {result.column_bytes / 2**20:.1f} MB to the file system "
+                            f"at once ({result.index_bytes / 2**20:.1f} MB of it indexes)")
+    set_phase(conn, record.id, phase, f"{phase}: dropped {name}", result.to_json())
+    record.phase = phase
+    return result
