@@ -39,7 +39,7 @@ def gemini(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
 
 
 def make_plan(run_cli, table: str = "docs", name: str = "p1", title: bool = True) -> str:  # type: ignore[no-untyped-def]
-    args = ["plan", table, "--column", "embedding", "--text", "content", "--name", name, "--offline"]
+    args = ["plan", table, "--strategy", "column", "--column", "embedding", "--text", "content", "--name", name, "--offline"]
     if title:
         args += ["--title", "title"]
     result = run_cli(*args)

@@ -18,7 +18,7 @@ def backfilled(conn: psycopg.Connection, run_cli, rows: int = 300, *, index: str
     create_docs(conn, rows, index=index)
     if before_run:
         before_run(conn)
-    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title",
+    result = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--title", "title",
                      "--name", PLAN, "--offline", *plan_args)
     assert result.exit_code == 0, result.output
     result = run_cli("run", PLAN, "--no-progress")

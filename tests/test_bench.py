@@ -9,7 +9,7 @@ from toolkit.bench import BenchResult, SwapFigure, render
 
 def test_bench_reports_every_figure(run_cli, conn) -> None:  # type: ignore[no-untyped-def]
     result = run_cli("bench", "--rows", "400", "--small-rows", "50", "--quota", "1200", "--quota-rows", "60",
-                     "--latency-ms", "20", "--json")
+                     "--latency-ms", "20", "--strategy-rows", "200", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     labels = [w["label"] for w in report["write"]]
@@ -31,6 +31,12 @@ def test_bench_reports_every_figure(run_cli, conn) -> None:  # type: ignore[no-u
     figure = SwapFigure(**swap)
     text = render(BenchResult(rows=400, dims=768, hnsw_m=16, swap=figure))
     assert "(d) lock held by the swap" in text and f"cutover median {figure.medians[0]:.1f} ms" in text
+    # (e) both strategies, each a whole migration with its lock times.
+    cases = {(f["strategy"], f["rows"]): f for f in report["strategies"]}
+    assert set(cases) == {("column", 200), ("copy", 200)}
+    for figure in cases.values():
+        assert figure["rows_per_second"] > 0 and figure["index_seconds"] >= 0
+        assert figure["cutover_lock_ms"] > 0 and figure["rollback_lock_ms"] > 0
     # The scratch database is gone.
     names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'reembed_bench_%'")]
     assert names == []

@@ -266,7 +266,7 @@ def test_plan_sql_shows_index_cutover_and_cleanup_statements(conn, run_cli) -> N
     from tables import create_docs
 
     create_docs(conn, 20)
-    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--offline", "--sql")
+    result = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--offline", "--sql")
     assert result.exit_code == 0, result.output
     out = result.output
     # The original's own definition (PostgreSQL's deparse), on the new column.
@@ -301,7 +301,7 @@ def _filled_without_provider(conn: psycopg.Connection, run_cli, rows: int) -> No
     from toolkit.state import set_phase
 
     create_docs(conn, rows, m=8)  # a small m only to keep two 100k-row graph builds short
-    assert run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title",
+    assert run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--title", "title",
                    "--name", PLAN, "--offline").exit_code == 0
     plan, record = load(conn, PLAN)
     prepare(conn, plan, record)

@@ -42,7 +42,7 @@ def test_demo_runs_the_whole_lifecycle_and_the_sql_text_does_not_change(demo, ru
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")  # a user's setting the demo must restore
     create_docs(conn, 20)  # the user's own table and plan, which the demo must leave alone
-    assert run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--offline", "--name",
+    assert run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--offline", "--name",
                    "users-plan").exit_code == 0
     result = demo()
     assert result.exit_code == 0, result.stdout[-3000:] + result.stderr[-3000:]

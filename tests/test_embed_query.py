@@ -35,7 +35,7 @@ def providers(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[object, object]
 @pytest.fixture()
 def planned(conn: psycopg.Connection, run_cli) -> str:  # type: ignore[no-untyped-def]
     create_docs(conn, 30)
-    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title", "--offline",
+    result = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--title", "title", "--offline",
                      "--name", "docs-gemini")
     assert result.exit_code == 0, result.stderr
     return "docs-gemini"
@@ -87,7 +87,7 @@ def test_without_plan_it_needs_exactly_one_live_plan(run_cli, conn: psycopg.Conn
     create_docs(conn, 10, table="a")
     create_docs(conn, 10, table="b")
     for table in ("a", "b"):
-        assert run_cli("plan", table, "--column", "embedding", "--text", "content", "--offline").exit_code == 0
+        assert run_cli("plan", table, "--strategy", "column", "--column", "embedding", "--text", "content", "--offline").exit_code == 0
     two = run_cli("embed-query", QUESTION)
     assert two.exit_code == 2 and "--plan" in two.stderr and "2 live plans" in two.stderr
     assert two.stdout == ""

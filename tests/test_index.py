@@ -109,7 +109,7 @@ def test_an_index_is_built_when_the_plan_asks(conn, run_cli, gemini) -> None:  #
 
 def test_index_refuses_before_the_backfill(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
     create_docs(conn, 10)
-    assert run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--name", PLAN,
+    assert run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--name", PLAN,
                    "--offline").exit_code == 0
     result = run_cli("index", PLAN)
     assert result.exit_code == 1 and f"reembed run {PLAN}" in result.stderr

@@ -28,7 +28,7 @@ def test_plan_writes_a_reviewable_file_with_an_estimate(conn: psycopg.Connection
     create_docs(conn, 300)
     conn.execute("UPDATE docs SET content = '  ' WHERE id < 10")
     before = _snapshot(conn)
-    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title", "--offline")
+    result = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--title", "title", "--offline")
     assert result.exit_code == 0, result.stderr
     path = tmp_path / "reembed-docs-embedding-gemini_embedding_001.toml"
     spec = tomllib.loads(path.read_text())
@@ -61,7 +61,7 @@ def test_plan_writes_a_reviewable_file_with_an_estimate(conn: psycopg.Connection
 
 def test_plan_json_and_sql(conn: psycopg.Connection, run_cli) -> None:  # type: ignore[no-untyped-def]
     create_docs(conn, 20)
-    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content,title", "--offline", "--json",
+    result = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content,title", "--offline", "--json",
                      "--name", "p1", "--output", "p1.toml", "--rpm", "1000", "--tpm", "1000000")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
@@ -73,7 +73,7 @@ def test_plan_json_and_sql(conn: psycopg.Connection, run_cli) -> None:  # type: 
 def test_plan_sql_shows_prepare_ddl(conn: psycopg.Connection, run_cli) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("toolkit.phases.prepare")
     create_docs(conn, 5)
-    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--offline", "--sql")
+    result = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--offline", "--sql")
     assert result.exit_code == 0, result.stderr
     assert "-- prepare" in result.stdout
     assert 'ADD COLUMN "embedding__gemini_embedding_001"' in result.stdout
@@ -122,8 +122,8 @@ def test_bad_input_exits_2_and_changes_nothing(conn: psycopg.Connection, run_cli
 
 def test_second_live_plan_on_a_column_is_refused(conn: psycopg.Connection, run_cli) -> None:  # type: ignore[no-untyped-def]
     create_docs(conn, 5)
-    assert run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--offline").exit_code == 0
-    again = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--offline", "--name", "other")
+    assert run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--offline").exit_code == 0
+    again = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--offline", "--name", "other")
     assert again.exit_code == 2
     assert "already has a live plan 'docs-embedding-gemini_embedding_001'" in again.stderr
 
@@ -133,7 +133,7 @@ def test_edited_plan_file_is_refused_with_the_difference(conn: psycopg.Connectio
     from toolkit.plan import load
 
     create_docs(conn, 5)
-    assert run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--offline", "-o", "p.toml").exit_code == 0
+    assert run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--offline", "-o", "p.toml").exit_code == 0
     path = tmp_path / "p.toml"
     path.write_text(path.read_text().replace('shadow = "embedding__gemini_embedding_001"',
                                              'shadow = "x\\"; DROP TABLE docs; --"'))

@@ -17,7 +17,7 @@ from tables import create_docs
 
 
 def _plan(run_cli, table: str = "docs") -> str:  # type: ignore[no-untyped-def]
-    result = run_cli("plan", table, "--column", "embedding", "--text", "content", "--title", "title",
+    result = run_cli("plan", table, "--strategy", "column", "--column", "embedding", "--text", "content", "--title", "title",
                      "--name", "p1", "--offline")
     assert result.exit_code == 0, result.output
     return "p1"
@@ -167,7 +167,7 @@ def test_prepare_does_not_queue_behind_a_long_transaction(conn, database, run_cl
 def test_halfvec_column_gets_a_halfvec_shadow(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
     conn.execute("CREATE TABLE hdocs (id int PRIMARY KEY, title text, content text, embedding halfvec(768))")
     conn.execute("INSERT INTO hdocs SELECT g, 't', 'text ' || g, NULL FROM generate_series(1, 5) g")
-    result = run_cli("plan", "hdocs", "--column", "embedding", "--text", "content", "--name", "p1", "--offline")
+    result = run_cli("plan", "hdocs", "--strategy", "column", "--column", "embedding", "--text", "content", "--name", "p1", "--offline")
     assert result.exit_code == 0, result.output
     _prepare(conn)
     row = conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'hdocs'::regclass "
@@ -177,7 +177,7 @@ def test_halfvec_column_gets_a_halfvec_shadow(conn, run_cli) -> None:  # type: i
 
 def test_plan_sql_shows_the_prepare_statements(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
     create_docs(conn, 3, index=None)
-    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--name", "p1", "--offline",
+    result = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--name", "p1", "--offline",
                      "--sql", "--json")
     assert result.exit_code == 0, result.output
     statements = json.loads(result.stdout)["sql"]["prepare"]

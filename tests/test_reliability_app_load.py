@@ -23,7 +23,7 @@ def _lifecycle_under_load(conn, run_cli, gemini, database, tmp_path, *, rows: in
                           query_rate: float, label: str, run_limit: float) -> None:
     create_docs(conn, rows, index="hnsw")
     conn.execute("ALTER TABLE docs ADD COLUMN views integer NOT NULL DEFAULT 0")
-    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title",
+    result = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--title", "title",
                      "--name", PLAN, "--offline")
     assert result.exit_code == 0, result.output
     gemini.configure(latency=0.02)

@@ -59,7 +59,7 @@ def test_hostile_identifiers_and_texts_through_the_whole_lifecycle(conn, run_cli
     rows = 120
     table = _hostile_table(conn, rows)
     qualified = table.as_string(conn)  # the SQL-quoted form a user would paste
-    result = run_cli("plan", qualified, "--column", VECTOR, "--text", TEXT, "--title", TITLE, "--name", "hostile",
+    result = run_cli("plan", qualified, "--strategy", "column", "--column", VECTOR, "--text", TEXT, "--title", TITLE, "--name", "hostile",
                      "--offline", "-o", "hostile.toml")
     assert result.exit_code == 0, result.output
     run = run_cli("run", "hostile", "--json", "--no-progress", "--batch-size", "40")
@@ -130,7 +130,7 @@ def test_a_hand_edited_plan_file_is_refused_naming_the_difference(conn, run_cli,
                                                                   old: str, new: str, message: str) -> None:
     create_docs(conn, 20, index="hnsw")
     conn.execute("CREATE TABLE other (id bigint PRIMARY KEY, content text, secret text, embedding vector(768))")
-    assert run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--name", "p1", "--offline",
+    assert run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--name", "p1", "--offline",
                    "-o", "p1.toml").exit_code == 0
     path = tmp_path / "p1.toml"
     text = path.read_text()
@@ -153,7 +153,7 @@ def test_a_hand_edited_plan_file_is_refused_naming_the_difference(conn, run_cli,
 
 def test_two_plans_on_one_column_at_once_one_is_refused(conn, run_cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
     create_docs(conn, 50, index="hnsw")
-    procs = [reembed_process("plan", "docs", "--column", "embedding", "--text", "content", "--offline", "--name",
+    procs = [reembed_process("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--offline", "--name",
                              f"race{i}", "-o", f"race{i}.toml", cwd=tmp_path) for i in range(2)]
     results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
     codes = sorted(code for code, _, _ in results)
@@ -175,7 +175,7 @@ BEFORE_RUN = [
 @pytest.mark.parametrize("ddl, named", BEFORE_RUN, ids=["text type", "title dropped", "vector type"])
 def test_a_table_changed_since_planning_is_refused_by_run(conn, run_cli, gemini, ddl: str, named: str) -> None:  # type: ignore[no-untyped-def]
     create_docs(conn, 30, index=None)
-    assert run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title", "--name", "p1",
+    assert run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--title", "title", "--name", "p1",
                    "--offline").exit_code == 0
     conn.execute(ddl)
     before = _shape(conn)
@@ -204,7 +204,7 @@ AFTER_INDEX = [
 @pytest.mark.parametrize("ddl, named", AFTER_INDEX, ids=["title renamed", "vector type"])
 def test_a_table_changed_after_index_is_refused_by_cutover(conn, run_cli, gemini, ddl: str, named: str) -> None:  # type: ignore[no-untyped-def]
     create_docs(conn, 30, index="hnsw")
-    assert run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title", "--name", "p1",
+    assert run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--title", "title", "--name", "p1",
                    "--offline").exit_code == 0
     assert run_cli("run", "p1", "--no-progress").exit_code == 0
     assert run_cli("index", "p1", "--no-progress").exit_code == 0
@@ -232,7 +232,7 @@ def test_no_password_or_api_key_in_any_output_log_plan_file_or_stored_row(conn, 
     monkeypatch.setenv("DATABASE_URL", dsn)
     outputs: dict[str, str] = {}
     commands = [
-        ("inspect", "docs"), ("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title",
+        ("inspect", "docs"), ("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--title", "title",
                               "--name", "p1", "-o", "p1.toml", "--sql"),
         ("plans", "--json"), ("run", "p1"), ("status", "p1", "--json"), ("index", "p1"),
         ("verify", "p1", "--no-source", "--json"), ("cutover", "p1"), ("rollback", "p1", "--json"),

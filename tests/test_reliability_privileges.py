@@ -68,7 +68,7 @@ def test_the_whole_lifecycle_as_a_role_with_only_the_documented_rights(conn, dat
     _setup(conn, migrator, app, schema=schema)
     mdsn = _dsn_as(database.dsn, migrator)
     monkeypatch.setenv("DATABASE_URL", mdsn)
-    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title", "--name", "p1",
+    result = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--title", "title", "--name", "p1",
                      "--offline")
     assert result.exit_code == 0, result.output
     owner = conn.execute("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'reembed'").fetchone()[0]

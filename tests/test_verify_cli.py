@@ -86,7 +86,7 @@ def test_bad_input_exits_two_and_unprepared_plan_exits_one(conn, run_cli, tmp_pa
     from tables import create_docs
 
     create_docs(conn, 20)
-    assert run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--offline").exit_code == 0
+    assert run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--offline").exit_code == 0
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "ok"}\n{"relevant": [1]}\n')
     result = run_cli("verify", PLAN, "--queries", str(bad))

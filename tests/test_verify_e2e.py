@@ -20,7 +20,7 @@ PLAN = "e2e"
 def test_run_index_verify_cutover_verify(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
     create_docs(conn, 1500, vectors=old_vectors)
     conn.execute("UPDATE docs SET content = '   ' WHERE id = 9")
-    assert run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title", "--name", PLAN,
+    assert run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--title", "title", "--name", PLAN,
                    "--offline").exit_code == 0
     result = run_cli("cutover", PLAN)
     assert result.exit_code == 1

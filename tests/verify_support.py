@@ -138,7 +138,7 @@ def migrated(conn: psycopg.Connection, run_cli, rows: int = ROWS, *, empty: Sequ
     create_docs(conn, rows, vectors=old_vectors, text=text, title=title, m=m)
     for i in empty:
         conn.execute("UPDATE docs SET content = '' WHERE id = %s", (i,))
-    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title", "--offline")
+    result = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--title", "title", "--offline")
     assert result.exit_code == 0, result.output
     plan, record = load(conn, "docs-embedding-gemini_embedding_001")
     prepare(conn, plan, record)

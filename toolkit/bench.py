@@ -12,6 +12,10 @@ and the local Gemini emulator (real google-genai client, real HTTP, real Postgre
 (d) how long `reembed cutover` and `reembed rollback` hold the table's ACCESS EXCLUSIVE lock,
     on the page-striped table of (a) once its new index is built (a few rounds of each).
 
+(e) the two strategies on identical tables (HNSW on the original column): `reembed run`'s rows/s
+    end to end, the index phase's time (the copy builds every index of the table), and how long
+    each cutover and rollback held the lock, at two table sizes (the copy's must stay flat).
+
 Each `reembed run` is a separate process, started the way a user starts it.
 """
 
@@ -69,6 +73,17 @@ class QuotaFigure:
 
 
 @dataclass
+class StrategyFigure:
+    strategy: str
+    rows: int
+    rows_per_second: float  # `reembed run` end to end
+    write_rows_per_second: float
+    index_seconds: float
+    cutover_lock_ms: float
+    rollback_lock_ms: float
+
+
+@dataclass
 class SwapFigure:
     rows: int
     rounds: int
@@ -90,6 +105,7 @@ class BenchResult:
     quota: list[QuotaFigure] = field(default_factory=list)
     memory: dict[str, float] = field(default_factory=dict)
     swap: SwapFigure | None = None
+    strategies: list[StrategyFigure] = field(default_factory=list)
     speedup_vs_pk_order: float = 0.0
     write_speedup_vs_pk_order: float = 0.0
 
@@ -109,6 +125,8 @@ class BenchOptions:
     adaptive: bool = False  # also run (b) without --rpm, finding the quota from 429s
     skip_pk_order: bool = False
     swap_rounds: int = 3
+    skip_strategies: bool = False
+    strategy_rows: tuple[int, ...] = ()  # table sizes of (e); default: small_rows and rows
     batch_size: int = 100
     concurrency: int = 4
 
@@ -145,12 +163,12 @@ def _load_table(conn: psycopg.Connection, table: str, rows: int, dims: int, hnsw
     conn.execute(sql.SQL("VACUUM ANALYZE {}").format(ident))
 
 
-def _plan(db: Database, conn: psycopg.Connection, table: str, workdir: Path) -> str:
+def _plan(db: Database, conn: psycopg.Connection, table: str, workdir: Path, strategy: str = "column") -> str:
     from toolkit.phases.planning import PlanRequest, make_plan
 
     result = make_plan(db, conn, PlanRequest(table=table, column="embedding", text_columns=["content"],
                                              title_column="title", name=f"bench-{table}", offline=True,
-                                             output=workdir / f"{table}.toml"))
+                                             output=workdir / f"{table}.toml", strategy=strategy))
     return result.plan.name
 
 
@@ -207,6 +225,22 @@ def _swap_figure(conn: psycopg.Connection, dsn: str, emulator_url: str, name: st
                       cutover_lock_ms=[round(float(ms), 2) for d, ms, _ in figures if d == "cutover"],
                       rollback_lock_ms=[round(float(ms), 2) for d, ms, _ in figures if d == "rollback"],
                       attempts=sum(int(a) for _, _, a in figures))
+
+
+def _strategy_case(conn: psycopg.Connection, db: Database, dsn: str, emulator_url: str, workdir: Path,
+                   strategy: str, table: str, rows: int, options: BenchOptions, run_args: list[str]) -> StrategyFigure:
+    """One whole migration of a fresh table with `strategy`: run, index, cutover, rollback (--force:
+    the bench measures the swap, not the gates)."""
+    _load_table(conn, table, rows, options.dims, options.hnsw_m)
+    name = _plan(db, conn, table, workdir, strategy)
+    summary = _run_process(dsn, emulator_url, name, *run_args)
+    index = json.loads(_reembed(dsn, emulator_url, "index", name, "--json", "--no-progress"))
+    cut = json.loads(_reembed(dsn, emulator_url, "cutover", name, "--force", "--json"))
+    back = json.loads(_reembed(dsn, emulator_url, "rollback", name, "--json"))
+    return StrategyFigure(strategy=strategy, rows=rows, rows_per_second=summary["rows_per_second"],
+                          write_rows_per_second=round(summary["rows_written"] / summary["write_seconds"], 1),
+                          index_seconds=round(index["seconds"], 1), cutover_lock_ms=round(cut["swap"]["lock_ms"], 2),
+                          rollback_lock_ms=round(back["swap"]["lock_ms"], 2))
 
 
 def bench(db: Database, options: BenchOptions, say: Callable[[str], None] = lambda s: None) -> BenchResult:
@@ -276,6 +310,16 @@ def bench(db: Database, options: BenchOptions, say: Callable[[str], None] = lamb
                          "peak_rss_mb_large": max(f.peak_rss_mb for f in result.write),
                          "growth_mb": round(max(f.peak_rss_mb for f in result.write) - small.peak_rss_mb, 1)}
 
+        if not options.skip_strategies:
+            for rows in sorted(set(options.strategy_rows or (options.small_rows, options.rows))):
+                for strategy in ("column", "copy"):
+                    say(f"(e) {strategy} strategy, {rows} rows: run, index, cutover, rollback")
+                    figure = _strategy_case(conn, bench_db, dsn, emulator.base_url, workdir, strategy,
+                                            f"bench_{strategy}_{rows}", rows, options, run_args)
+                    say(f"    {figure.rows_per_second:.0f} rows/s end to end, index {figure.index_seconds:.1f}s, "
+                        f"cutover lock {figure.cutover_lock_ms:.1f} ms, rollback lock {figure.rollback_lock_ms:.1f} ms")
+                    result.strategies.append(figure)
+
         quota_rows = options.quota_rows or options.quota
         for rpm in ([options.quota, None] if options.adaptive else [options.quota]):
             table = f"bench_quota_{'rpm' if rpm else 'adaptive'}"
@@ -338,4 +382,15 @@ def render(result: BenchResult) -> str:
                   f"  {w.rows} rows, {w.rounds} rounds: cutover median {cut:.1f} ms (max {max(w.cutover_lock_ms):.1f}), "
                   f"rollback median {back:.1f} ms (max {max(w.rollback_lock_ms):.1f}); {w.attempts} tries for "
                   f"{2 * w.rounds} swaps"]
+    if result.strategies:
+        lines += ["", "(e) the strategies on identical tables (HNSW on the original column)"]
+        for f in result.strategies:
+            lines.append(f"  {f.strategy:<6} {f.rows:>7} rows {f.rows_per_second:>7.0f} rows/s end to end, writes "
+                         f"{f.write_rows_per_second:>6.0f} rows/s, index {f.index_seconds:>5.1f}s, cutover lock "
+                         f"{f.cutover_lock_ms:>5.1f} ms, rollback lock {f.rollback_lock_ms:>5.1f} ms")
+        by = {(f.strategy, f.rows): f for f in result.strategies}
+        for rows in sorted({f.rows for f in result.strategies}):
+            if ("column", rows) in by and ("copy", rows) in by:
+                ratio = by[("copy", rows)].rows_per_second / max(by[("column", rows)].rows_per_second, 1e-9)
+                lines.append(f"  {rows} rows: copy / column end to end = {ratio:.2f}")
     return "\n".join(lines)

@@ -51,7 +51,7 @@ def estimate(conn: psycopg.Connection, plan: Plan, info: TableInfo, *, rpm: int 
     batch_jobs = math.ceil(to_embed / BATCH_JOB_ROWS) if target.provider == "gemini" else 0
     from toolkit.strategies import strategy_for
 
-    data_bytes, index_bytes = strategy_for(plan).disk_bytes(plan, int(total))
+    data_bytes, index_bytes = strategy_for(plan).disk_bytes(plan, int(total), info)
     return Estimate(
         rows_total=int(total), rows_to_embed=int(to_embed), rows_empty=int(empty),
         http_requests=math.ceil(to_embed / limits.max_texts_per_request), quota_requests=int(to_embed),

@@ -95,6 +95,7 @@ class Plan:
     estimate: Estimate | None = None
     strategy: str = DEFAULT_STRATEGY  # where the new vectors live until cutover (toolkit.strategies)
     copy: CopySpec | None = None  # the copy strategy's objects
+    choice: dict[str, Any] | None = None  # how the strategy was chosen (toolkit.strategies.choice)
     document_task: str = DOCUMENT_TASK
     query_task: str = QUERY_TASK
     text_joiner: str = TEXT_JOINER
@@ -209,6 +210,8 @@ class Plan:
             spec["indexes"] = [i.to_spec() for i in self.indexes]
         if self.copy:
             spec["copy"] = self.copy.to_spec()
+        if self.choice:
+            spec["choice"] = self.choice
         if self.estimate:
             spec["estimate"] = asdict(self.estimate)
         return spec
@@ -236,6 +239,7 @@ class Plan:
                 estimate=Estimate(**estimate) if estimate else None,
                 strategy=spec.get("strategy", DEFAULT_STRATEGY),
                 copy=CopySpec.from_spec(spec["copy"]) if spec.get("copy") else None,
+                choice=spec.get("choice"),
                 created_at=spec.get("created_at", ""), reembed_version=spec.get("reembed_version", ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -338,7 +342,7 @@ def _oid_of(conn: psycopg.Connection, plan: Plan) -> tuple[int, str, str]:
 def _differences(registered: dict[str, Any], edited: dict[str, Any], prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(registered) | set(edited)):
-        if key in ("estimate", "created_at"):
+        if key in ("estimate", "created_at", "choice"):
             continue
         a, b = registered.get(key), edited.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
@@ -365,13 +369,16 @@ def validate_plan_name(name: str) -> str:
 
 def build(conn: psycopg.Connection, *, table: str, column: str, text_columns: list[str], title_column: str | None,
           target: str, source: str, dimensions: int | None, name: str | None,
-          index_request: str | None = None, strategy: str = DEFAULT_STRATEGY) -> tuple[Plan, catalog.TableInfo]:
+          index_request: str | None = None, strategy: str | None = None) -> tuple[Plan, catalog.TableInfo]:
     """Validate every input against the live table and return the plan; changes nothing.
 
-    The strategy refuses here, naming it, whatever it could not carry through to cutover."""
+    `strategy` None takes the recommended one (toolkit.strategies.choice); the plan records the
+    comparison. The strategy refuses here, naming it, whatever it could not carry to cutover."""
     from toolkit.strategies import strategy_named
+    from toolkit.strategies.choice import choose
 
-    chosen = strategy_named(strategy)
+    if strategy is not None:
+        strategy_named(strategy)  # an unknown name is refused before anything is read
     target_ref, source_ref = parse_model(target), parse_model(source)
     target_info = model_info(target_ref)
     model_info(source_ref)
@@ -412,11 +419,13 @@ def build(conn: psycopg.Connection, *, table: str, column: str, text_columns: li
         primary_key=[c.name for c in info.primary_key], column=column, column_type=col.type,
         column_not_null=col.not_null, shadow_column=shadow, old_column=old, text_columns=text_columns,
         title_column=title_column, source=str(source_ref), target=str(target_ref), dimensions=dims,
-        indexes=indexes, strategy=chosen.name, table_fingerprint="", new_type=new_type,
+        indexes=indexes, table_fingerprint="", new_type=new_type,
         text_inputs=[i for name in tracked for i in info.column(name).inputs if i not in tracked],  # type: ignore[union-attr]
     )
     plan.table_fingerprint = info.fingerprint(plan.shape_columns)
-    chosen.check_plan(conn, plan, info)
+    choice = choose(conn, plan, info, strategy)
+    plan.strategy, plan.choice = choice.chosen, choice.to_spec()
+    strategy_named(plan.strategy).check_plan(conn, plan, info)
     return plan, info
 
 

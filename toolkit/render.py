@@ -68,6 +68,15 @@ def inspect_report(info: TableInfo, surroundings: around.Surroundings | None = N
     return "\n".join(out)
 
 
+def statements_report(statements: Sequence[str], checked: str) -> str:
+    """The application's statements that depend on the table's column positions."""
+    out = ["\nstatements using SELECT *, RETURNING * or INSERT without a column list (a new or moved column "
+           "breaks them: the copy strategy keeps them working):"]
+    out += [f"  {q}" for q in statements] or ["  none found"]
+    out.append(f"  ({checked})")
+    return "\n".join(out)
+
+
 def plan_report(plan: Plan, path: str, preflight: str, triggers: Sequence[str] = (),
                 subscribers: Sequence[str] = ()) -> str:
     e = plan.estimate
@@ -77,7 +86,7 @@ def plan_report(plan: Plan, path: str, preflight: str, triggers: Sequence[str] =
         + (f" (from {plan.source_dimensions}: the column becomes {plan.new_column_type}; queries are embedded at "
            f"{plan.dimensions} dims from the cutover on)" if plan.dimensions != plan.source_dimensions else ""),
         f"  text: {' + '.join(plan.text_columns)}" + (f", title: {plan.title_column}" if plan.title_column else ""),
-        f"  strategy: {plan.strategy}",
+        f"  strategy: {plan.strategy}" + (f" ({plan.choice['chosen_by']})" if plan.choice else ""),
         f"  preflight: {preflight}",
         "",
         "what will happen:",
@@ -97,13 +106,14 @@ def plan_report(plan: Plan, path: str, preflight: str, triggers: Sequence[str] =
             f"  cost at list      ~${e.cost_usd:.4f} online"
             + (f"; ~${e.batch_cost_usd:.4f} with --batch-api ({e.batch_jobs} batch jobs, each done within "
                "24 h, usually much sooner; no per-minute quota)" if e.batch_jobs else ""),
-            f"  extra disk        ~{size(e.shadow_column_bytes)} shadow column"
+            f"  extra disk        ~{size(e.shadow_column_bytes)} {strategy_for(plan).disk_label}"
             + (f", ~{size(e.shadow_index_bytes)} index" if e.shadow_index_bytes else ""),
         ]
     if triggers:
         steps += ["", "application triggers:"] + [f"  {t}" for t in triggers]
     if subscribers:
         steps += ["", "logical replication:"] + [f"  {s}" for s in subscribers]
+    steps += choice_report(plan.choice, plan.estimate)
     return "\n".join(steps)
 
 
@@ -123,7 +133,7 @@ def duration(seconds: float | None) -> str:
 
 def status_report(s: "PlanStatus") -> str:
     p = s.progress
-    lines = [f"plan {s.name}: phase {s.phase}",
+    lines = [f"plan {s.name}: phase {s.phase} ({s.strategy} strategy)",
              f"  the application reads {s.reads}",
              f"  {s.target_model} vectors: {s.new_vectors or 'dropped'}; {s.source_model} vectors: "
              f"{s.old_vectors or 'dropped'}"]
@@ -136,3 +146,30 @@ def status_report(s: "PlanStatus") -> str:
     if s.last_event:
         lines.append(f"  last event {s.last_event['at']}: {s.last_event['message']}")
     return "\n".join(lines)
+
+
+def choice_report(choice: dict[str, Any] | None, estimate: Any = None) -> list[str]:
+    """Both strategies side by side (what the application sees, disk, time) and the recommendation."""
+    if not choice:
+        return []
+    out = ["", "choosing a strategy:"]
+    time_note = (f"~{estimate.minutes_at_quota} min at the quota for either: the provider bounds the time, "
+                 "not the strategy" if estimate else "the same for either: the provider bounds the time")
+    for view in choice["views"]:
+        mark = " (recommended)" if view["name"] == choice["recommended"] else ""
+        out.append(f"  {view['name']}{mark}:")
+        if view.get("refused"):
+            out.append(f"    not possible here: {view['refused']}")
+            continue
+        out.append("    the application sees:")
+        out += [f"      - {line}" for line in view["application_sees"]]
+        out.append(f"    disk: {view['disk_note']}")
+        out.append(f"    time: {time_note}")
+    verb = "took" if choice["chosen_by"] == "recommendation" else "recommends"
+    out.append(f"  reembed {verb} {choice['recommended']}: " + "; ".join(choice["reasons"]))
+    if choice["chosen_by"] != "recommendation" and choice["chosen"] != choice["recommended"]:
+        out.append(f"  --strategy {choice['chosen']} overrides it")
+    detected = choice.get("detected") or {}
+    if detected.get("statements_checked"):
+        out.append(f"  ({detected['statements_checked']})")
+    return out

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 # pg_trigger.tgtype bits (src/include/catalog/pg_trigger.h)
 _ROW, _BEFORE, _INSERT, _DELETE, _UPDATE, _TRUNCATE, _INSTEAD = 1, 2, 4, 8, 16, 32, 64
-_TRACKING_PREFIX = "reembed_track_"
+_OWN_PREFIX = "reembed\\_"  # reembed's own triggers (tracking, the copy strategy's propagation)
 
 
 @dataclass
@@ -81,7 +81,7 @@ def load(conn: psycopg.Connection, oid: int) -> Surroundings:
                       ARRAY(SELECT a.attname FROM unnest(t.tgattr::int2[]) AS k
                             JOIN pg_attribute a ON a.attrelid = t.tgrelid AND a.attnum = k) AS columns
                FROM pg_trigger t WHERE t.tgrelid = %s AND NOT t.tgisinternal AND t.tgname NOT LIKE %s
-               ORDER BY t.tgname""", (oid, _TRACKING_PREFIX + "%")):
+               ORDER BY t.tgname""", (oid, _OWN_PREFIX + "%")):
         kind = r["tgtype"]
         events = [name for bit, name in ((_INSERT, "INSERT"), (_UPDATE, "UPDATE"), (_DELETE, "DELETE"),
                                          (_TRUNCATE, "TRUNCATE")) if kind & bit]
@@ -126,9 +126,12 @@ def trigger_notes(surroundings: Surroundings, strategy: str = "column") -> list[
             times = "once per row" if trigger.level == "ROW" else "once per batch"
             notes.append(f"{trigger.describe()}: FIRES {times} during `reembed run` (the backfill UPDATEs every "
                          "row" + (", unless its WHEN condition is false" if trigger.condition else "") + ")")
-        else:
+        elif strategy == "column":
             notes.append(f"{trigger.describe()}: not fired by reembed (its writes touch only the new column; "
                          "the swap is DDL)")
+        else:
+            notes.append(f"{trigger.describe()}: not fired by reembed (it writes only the copy, which has none of "
+                         "the application's triggers; at the swap they move to the new table in the state they had)")
     for event_trigger in surroundings.event_triggers:
         notes.append(f"event trigger {event_trigger}: fires on reembed's DDL (prepare, index, cutover, cleanup)")
     return notes
@@ -256,4 +259,21 @@ def _q(*names: str) -> str:
     return sql.Identifier(*names).as_string(None)
 
 
-_STEPS_BY_STRATEGY: dict[str, Callable[["Plan", str], list[SubscriberStep]]] = {"column": _column_strategy_steps}
+def _copy_strategy_steps(plan: "Plan", table: str) -> list[SubscriberStep]:
+    """The copy is not published and the swapped-in table keeps the name and the columns, so
+    replication goes on untouched; only the re-embedded vectors of rows nobody changes after the
+    swap are not sent (the backfill wrote them into the copy). Re-copying the table brings them."""
+    return [SubscriberStep(
+        when=f"after `reembed cutover {plan.name}`, if the subscriber must have the new vectors of every row",
+        statements=[f"-- on the publisher: ALTER PUBLICATION <pub> DROP TABLE {table}",
+                    "ALTER SUBSCRIPTION <sub> REFRESH PUBLICATION",
+                    f"TRUNCATE {table}",
+                    f"-- on the publisher: ALTER PUBLICATION <pub> ADD TABLE {table}",
+                    "ALTER SUBSCRIPTION <sub> REFRESH PUBLICATION WITH (copy_data = true)"],
+        why="nothing is needed for replication to go on (the same table name and columns); rows changed after "
+            "the swap arrive with their new vectors, the others keep the old model's until the table is copied "
+            "again")]
+
+
+_STEPS_BY_STRATEGY: dict[str, Callable[["Plan", str], list[SubscriberStep]]] = {
+    "column": _column_strategy_steps, "copy": _copy_strategy_steps}

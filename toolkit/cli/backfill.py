@@ -112,20 +112,28 @@ def _summary_text(s: RunSummary) -> str:
               help="Emulator latency for (b).")
 @click.option("--adaptive", is_flag=True, help="Also run (b) without --rpm: the quota found from 429s alone.")
 @click.option("--skip-pk-order", is_flag=True, help="Skip the slow primary-key-order floor.")
+@click.option("--skip-strategies", is_flag=True,
+              help="Skip (d), the copy and column strategies' whole migrations.")
+@click.option("--strategy-rows", type=click.IntRange(min=10), multiple=True, metavar="N",
+              help="Table sizes of (d) (repeatable). Default: --small-rows and --rows.")
 @dsn_option
 @json_option
 @handle_errors
 def bench(rows: int, small_rows: int, hnsw_m: int, quota: int, quota_rows: int | None, latency_ms: int,
-          adaptive: bool, skip_pk_order: bool, dsn: str | None, as_json: bool) -> None:
+          adaptive: bool, skip_pk_order: bool, skip_strategies: bool, strategy_rows: tuple[int, ...],
+          dsn: str | None, as_json: bool) -> None:
     """Measure `reembed run` here, in a scratch database (dropped afterwards) against the local Gemini
     emulator: (a) rows/s with an HNSW index on the original column, page-striped vs primary-key
     order vs no index, with the HOT share; (b) texts/min achieved under a quota, and 429s;
-    (c) peak memory of the run process at two table sizes; (d) how long cutover and rollback hold
-    the table's lock."""
+    (c) peak memory of the run process at two table sizes; (d) the copy and column strategies
+    on identical tables (at --small-rows and --rows, or --strategy-rows): rows/s end to end,
+    index time, cutover and rollback lock times."""
     from toolkit.bench import BenchOptions, render
     from toolkit.bench import bench as run_bench
+
     options = BenchOptions(rows=rows, small_rows=small_rows, hnsw_m=hnsw_m, quota=quota, quota_rows=quota_rows,
-                           latency_ms=latency_ms, adaptive=adaptive, skip_pk_order=skip_pk_order)
+                           latency_ms=latency_ms, adaptive=adaptive, skip_pk_order=skip_pk_order,
+                           skip_strategies=skip_strategies, strategy_rows=strategy_rows)
     with connected(dsn) as (db, _conn):
         result = run_bench(db, options, say=lambda line: click.echo(line, err=True))
     echo_json(result.to_json()) if as_json else click.echo(render(result))

@@ -23,11 +23,19 @@ from toolkit.strategies import STRATEGIES
 @handle_errors
 def inspect(table: str, dsn: str | None, as_json: bool) -> None:
     """Describe TABLE (`schema.table` or `table`): key, vector and text columns, vector indexes,
-    sizes, what binds to the vector columns, the application's triggers and the publications
-    that carry the table. Read-only."""
+    sizes, what binds to the vector columns, the application's triggers, the publications that
+    carry the table, and, when pg_stat_statements is installed, the application's statements on it
+    that use SELECT *, RETURNING * or INSERT without a column list. Read-only."""
+    from toolkit.strategies.choice import positional_statements
+
     with connected(dsn, schema=False, changes=False) as (_, conn):
         found = inspection(conn, table)
-    echo_json(found.to_json()) if as_json else click.echo(render.inspect_report(found.info, found.surroundings))
+        statements, checked = positional_statements(conn, found.info)
+    if as_json:
+        echo_json({**found.to_json(), "positional_statements": statements, "statements_checked": checked})
+    else:
+        click.echo(render.inspect_report(found.info, found.surroundings) + "\n"
+                   + render.statements_report(statements, checked))
 
 
 def _split_columns(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str]:

@@ -38,16 +38,17 @@ TOP_K = 5
 LIFECYCLE: tuple[tuple[str, str, list[str]], ...] = (
     ("inspect", "Inspect the table: key, vector column, index, what binds to the column",
      ["inspect", f"{store.SCHEMA}.{store.TABLE}"]),
-    ("plan", "Plan the migration: validate against the live table, estimate, write a plan file",
+    ("plan", "Plan the migration: validate against the live table, choose the strategy, estimate, write a plan file",
      ["plan", f"{store.SCHEMA}.{store.TABLE}", "--column", store.COLUMN, "--text", "content", "--title", "title",
       "--to", DEFAULT_TARGET, "--from", DEFAULT_SOURCE, "--name", PLAN_NAME, "--output", "{file}"]),
-    ("run", "Run: add the shadow column, track changes, backfill it with the new model",
+    ("run", "Run: make the place for the new vectors (a copy of the table, or a shadow column), track changes, "
+            "fill it with the new model",
      ["run", "{plan}"]),
-    ("index", "Index: build the same HNSW index on the shadow column, CONCURRENTLY",
+    ("index", "Index: build the same indexes on the new vectors, CONCURRENTLY",
      ["index", "{plan}"]),
     ("verify", "Verify: read-only gates before anything is swapped",
      ["verify", "{plan}"]),
-    ("cutover", "Cut over: one short transaction renames the columns and indexes",
+    ("cutover", "Cut over: one short transaction swaps the new vectors in under the application's names",
      ["cutover", "{plan}"]),
 )
 
@@ -306,7 +307,7 @@ def _next_steps(result: DemoResult, providers: DemoProviders) -> list[str]:
     if "rollback" in cli.commands:
         hints.append(f"$ reembed rollback {PLAN_NAME}   # swap back, as short a lock as the cutover")
     if "cleanup" in cli.commands:
-        hints.append(f"$ reembed cleanup {PLAN_NAME}    # drop the old column for good")
+        hints.append(f"$ reembed cleanup {PLAN_NAME}    # drop the old vectors for good")
     if result.database == "embedded PostgreSQL":
         hints.append(f"$ psql \"$(reembed db url)\" -c 'SELECT id, title FROM {store.SCHEMA}.{store.TABLE} LIMIT 5'")
     return hints

@@ -20,7 +20,7 @@ from toolkit.db import Database
 from toolkit.errors import BadInput, ProviderError, ReembedError, Unreachable
 from toolkit.estimate import estimate
 from toolkit.phases import SQL_PHASES
-from toolkit.plan import DEFAULT_SOURCE, DEFAULT_STRATEGY, DEFAULT_TARGET, Plan, build
+from toolkit.plan import DEFAULT_SOURCE, DEFAULT_TARGET, Plan, build
 from toolkit.state import register_plan
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def make_plan(db: Database, conn: psycopg.Connection, request: PlanRequest) -> P
     plan, info = build(conn, table=request.table, column=request.column, text_columns=request.text_columns,
                        title_column=request.title_column, target=request.target, source=request.source,
                        dimensions=request.dimensions, name=request.name, index_request=request.index,
-                       strategy=request.strategy or DEFAULT_STRATEGY)
+                       strategy=request.strategy)
     access.refuse_missing_privileges(conn, info, plan.column)
     path = request.output or Path(f"reembed-{plan.name}.toml")
     if path.exists() and not path.is_file():
@@ -89,7 +89,8 @@ def make_plan(db: Database, conn: psycopg.Connection, request: PlanRequest) -> P
             raise BadInput(f"cannot write plan file {path}: {exc.strerror}") from None
     around = surroundings.load(conn, info.oid)
     return PlanResult(plan=plan, plan_id=record.id, path=path, preflight=preflight,
-                      triggers=surroundings.trigger_notes(around), subscribers=surroundings.subscriber_advice(plan, around))
+                      triggers=surroundings.trigger_notes(around, plan.strategy),
+                      subscribers=surroundings.subscriber_advice(plan, around))
 
 
 def preflight_target(plan: Plan) -> str:

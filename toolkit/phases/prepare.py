@@ -93,7 +93,8 @@ def column_comment(plan: Plan, created_at: str | None = None) -> str:
 
 
 def _seed(plan: Plan, plan_id: int) -> sql.Composable:
-    return template("prepare_seed_ledger", plan_id=sql.Literal(plan_id), key=key_json(plan, "t"), table=plan.table)
+    return template("prepare_seed_ledger", plan_id=sql.Literal(plan_id), key=key_json(plan, "t"), table=plan.table,
+                    order=strategy_for(plan).seed_order)
 
 
 def planned_sql(plan: Plan, plan_id: int | None = None, conn: psycopg.Connection | None = None) -> list[sql.Composable]:

@@ -26,6 +26,7 @@ class PlanStatus:
     name: str
     phase: str
     table: str
+    strategy: str  # copy | column: where the new vectors live until cutover
     reads: str
     new_vectors: str | None
     old_vectors: str | None
@@ -68,13 +69,14 @@ def report(conn: psycopg.Connection, record: PlanRecord) -> PlanStatus:
 
     counts = ledger.progress(conn, record.id)
     last = events(conn, record.id, limit=1)
-    now = places(Plan.from_spec(record.spec), record.phase)
+    plan = Plan.from_spec(record.spec)
+    now = places(plan, record.phase)
     finished = counts.rows_embedded + counts.rows_skipped
     rate = round(_rate(conn, record.id), 1)  # the ETA is worked out from the rate as shown
     gone = {"cleaned_up": "old", "abandoned": "new"}.get(record.phase)
     return PlanStatus(
         name=record.name, phase=record.phase, table=f"{record.table_schema}.{record.table_name}",
-        reads=now.read.display, new_vectors=None if gone == "new" else now.new.display,
+        strategy=plan.strategy, reads=now.read.display, new_vectors=None if gone == "new" else now.new.display,
         old_vectors=None if gone == "old" else now.old.display,
         source_model=record.source_model, target_model=record.target_model, progress=counts,
         percent=round(100.0 * finished / counts.rows_total, 1) if counts.rows_total else None,

@@ -136,8 +136,11 @@ class Strategy(Protocol):
     def check_plan(self, conn: psycopg.Connection, plan: "Plan", info: "TableInfo") -> None:
         """Refuse (BadInput, naming it) whatever this strategy could not carry to cutover."""
 
-    def disk_bytes(self, plan: "Plan", rows: int) -> tuple[int, int]:
-        """(vector data, indexes) the new vectors need until cleanup."""
+    disk_label: str  # what `disk_bytes` measures, in words
+    seed_order: sql.Composable  # ORDER BY of the ledger seed over the original (alias t): the write order
+
+    def disk_bytes(self, plan: "Plan", rows: int, info: "TableInfo") -> tuple[int, int]:
+        """(data, indexes) the new vectors need until cleanup."""
 
     # -- prepare ↔ abandon ------------------------------------------------------------------
     def check_prepare(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord") -> None: ...

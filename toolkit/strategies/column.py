@@ -36,6 +36,9 @@ HNSW_GRAPH_OVERHEAD = 1.3
 
 class ColumnStrategy:
     name = "column"
+    disk_label = "shadow column"
+    # Page-striped: the k-th row of every heap page, then the (k+1)-th: most updates stay HOT.
+    seed_order = sql.SQL("(t.ctid::text::point)[1], (t.ctid::text::point)[0]")
 
     # -- where things are -------------------------------------------------------------------
     def places(self, plan: Plan, phase: str) -> Places:
@@ -66,7 +69,7 @@ class ColumnStrategy:
                                f"{plan.dimensions}-dimensional vectors ({plan.new_column_type}); change them to "
                                f"{plan.dimensions} or drop them, then plan again; nothing was changed")
 
-    def disk_bytes(self, plan: Plan, rows: int) -> tuple[int, int]:
+    def disk_bytes(self, plan: Plan, rows: int, info: TableInfo) -> tuple[int, int]:
         vector_bytes = (2 if plan.new_vector_base == "halfvec" else 4) * plan.dimensions + 8
         data = rows * vector_bytes
         return data, int(data * HNSW_GRAPH_OVERHEAD) * len(plan.indexes)

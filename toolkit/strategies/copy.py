@@ -33,12 +33,15 @@ from toolkit.strategies.column import fill_update, update_statement
 from toolkit.strategies.copy_table import (carried_indexes, columns, copy_tag, create_statements, refusals, shape,
                                            writable)
 
-HNSW_GRAPH_OVERHEAD = 1.3
 QUIET_LOCK_TIMEOUT_MS = 200
 
 
 class CopyStrategy:
     name = "copy"
+    disk_label = "copy of the table"
+    # Physical order: each batch reads a few neighbouring pages of the original, and the copy is
+    # laid out as the original was (HOT does not matter: the copy's rows are inserted).
+    seed_order = sql.SQL("t.ctid")
 
     # -- where things are -------------------------------------------------------------------
     def places(self, plan: Plan, phase: str) -> Places:
@@ -66,12 +69,15 @@ class CopyStrategy:
             raise BadInput(f"the copy strategy cannot carry {info.qualified}: {'; '.join(problems)} "
                            "(plan --strategy column to re-embed in place)")
 
-    def disk_bytes(self, plan: Plan, rows: int) -> tuple[int, int]:
-        # The whole table again (heap, TOAST, every index) until cleanup; estimated from the
-        # original's own size when it is known (plan fills it through the estimate's TableInfo).
-        vector_bytes = 4 * plan.dimensions + 8
-        data = rows * vector_bytes
-        return data, int(data * HNSW_GRAPH_OVERHEAD) * len(plan.indexes)
+    def disk_bytes(self, plan: Plan, rows: int, info: TableInfo) -> tuple[int, int]:
+        # The whole table again (heap, TOAST, every index) until cleanup, from the original's size;
+        # a vector column changing dimensions changes the rows and the vector indexes with it.
+        old = info.column(plan.column)
+        grow = rows * 4 * (plan.dimensions - (old.dimensions or plan.dimensions)) if old else 0
+        vector_indexes = sum(i.size_bytes for i in info.indexes if i.column == plan.column)
+        ratio = plan.dimensions / old.dimensions if old and old.dimensions else 1.0
+        return (max(0, info.heap_bytes + info.toast_bytes + grow),
+                max(0, int(info.index_bytes + vector_indexes * (ratio - 1))))
 
     # -- prepare ↔ abandon ------------------------------------------------------------------
     def check_prepare(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> None:
