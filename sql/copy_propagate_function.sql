@@ -11,18 +11,17 @@ CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $reembed$
 BEGIN
+    -- The ledger row first, then the mirror: a backfill writing this row holds its ledger row
+    -- (FOR UPDATE) until it commits, so waiting here orders this change after its write.
     IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND {old_key} IS DISTINCT FROM {new_key}) THEN
-        DELETE FROM {target} AS m WHERE {match_old};
         DELETE FROM reembed.ledger WHERE plan_id = {plan_id} AND pk = {old_key};
+        DELETE FROM {target} AS m WHERE {match_old};
         IF TG_OP = 'DELETE' THEN
             RETURN NULL;
         END IF;
     ELSIF TG_OP = 'UPDATE' AND {unchanged} THEN
         RETURN NULL;  -- only the vector changed (reembed's own write, or the application's)
     END IF;
-    INSERT INTO {target} AS m ({columns}) OVERRIDING SYSTEM VALUE VALUES ({values})
-    ON CONFLICT ({key}) DO UPDATE SET {assignments},
-        {vector} = CASE WHEN {mirror_text} IS NOT DISTINCT FROM {excluded_text} THEN m.{vector} END;
     IF TG_OP = 'INSERT' OR {old_key} IS DISTINCT FROM {new_key} OR {text_changed} THEN
         INSERT INTO reembed.ledger AS l (plan_id, pk, state)
         VALUES ({plan_id}, {new_key}, 'pending')
@@ -30,6 +29,9 @@ BEGIN
             SET state = 'pending', text_hash = NULL, skip_reason = NULL, changed_at = now(),
                 lease_owner = NULL, lease_until = NULL;
     END IF;
+    INSERT INTO {target} AS m ({columns}) OVERRIDING SYSTEM VALUE VALUES ({values})
+    ON CONFLICT ({key}) DO UPDATE SET {assignments},
+        {vector} = CASE WHEN {mirror_text} IS NOT DISTINCT FROM {excluded_text} THEN m.{vector} END;
     RETURN NULL;
 END
 $reembed$

@@ -139,3 +139,49 @@ def test_a_not_null_vector_column_does_not_stop_the_application_writing(conn, ru
     assert run_cli("run", PLAN, "--no-progress").exit_code == 0
     conn.execute("INSERT INTO docs (title, content, embedding) VALUES ('x', 'y', %s)", ("[" + ",".join(["0.1"] * 768) + "]",))
     assert conn.execute(f"SELECT embedding IS NULL FROM {COPY} WHERE content = 'y'").fetchone()[0]
+
+
+def test_a_delete_racing_a_batch_write_of_the_same_row_leaves_nothing_behind(conn, run_cli, database) -> None:  # type: ignore[no-untyped-def]
+    """The batch holds the row's ledger entry (FOR UPDATE, as sql/copy_write.sql does) while it
+    inserts the row into the copy; the application deletes the row meanwhile. The propagation
+    waits on the ledger entry before touching the copy, so the delete lands after the insert."""
+    import threading
+
+    from toolkit.phases.prepare import prepare
+    from toolkit.plan import load
+
+    create_app_table(conn, 10)
+    plan_copy(run_cli)
+    plan, record = load(conn, PLAN)
+    prepare(conn, plan, record)  # the copy exists, empty; the ledger is seeded; nothing written yet
+    batch = database.connect()
+    app = database.connect()
+    app.autocommit = False
+    try:
+        batch.autocommit = False
+        batch.execute("SELECT 1 FROM reembed.ledger WHERE pk = '{\"id\": 5}' FOR UPDATE")
+        done = threading.Event()
+
+        def delete() -> None:
+            app.execute("DELETE FROM docs WHERE id = 5")
+            app.commit()
+            done.set()
+
+        worker = threading.Thread(target=delete)
+        worker.start()
+        pid = app.info.backend_pid
+        from reliability_support import wait_for
+        wait_for(lambda: conn.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                                      (pid,)).fetchone()[0] == "Lock", timeout=60, what="the delete to wait")
+        batch.execute(f"INSERT INTO {COPY} (id, title, content, author_id, tenant, seq, updated_at) "
+                      "OVERRIDING SYSTEM VALUE SELECT id, title, content, author_id, tenant, seq, updated_at "
+                      "FROM docs WHERE id = 5")
+        batch.execute("UPDATE reembed.ledger SET state = 'done' WHERE pk = '{\"id\": 5}'")
+        batch.commit()
+        worker.join(timeout=60)
+        assert done.is_set()
+    finally:
+        batch.close()
+        app.close()
+    assert conn.execute(f"SELECT count(*) FROM {COPY} WHERE id = 5").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM reembed.ledger WHERE pk = '{\"id\": 5}'").fetchone()[0] == 0

@@ -52,6 +52,7 @@ def _prepared(conn: psycopg.Connection, run_cli) -> None:  # type: ignore[no-unt
     conn.execute("ALTER TABLE docs ENABLE ROW LEVEL SECURITY")
     conn.execute("CREATE POLICY tenant_rows ON docs FOR SELECT TO reader USING (tenant = 1)")
     conn.execute("CREATE PUBLICATION docs_pub FOR TABLE docs (id, title, content)")
+    conn.execute("ALTER TABLE docs REPLICA IDENTITY USING INDEX docs_pkey")
     plan_copy(run_cli)
     for step in (("run", PLAN, "--no-progress"), ("index", PLAN, "--no-progress")):
         result = run_cli(*step)
@@ -85,6 +86,11 @@ def test_cutover_rollback_cutover_cleanup(conn, run_cli, gemini, ollama) -> None
     assert conn.execute("SELECT obj_description('docs'::regclass, 'pg_class')").fetchone()[0] == \
         "the application's documents"
     assert conn.execute("SELECT prrelid::regclass::text FROM pg_publication_rel").fetchall() == [("docs",)]
+    assert conn.execute("SELECT relreplident FROM pg_class WHERE oid = 'docs'::regclass").fetchone()[0] == "i"
+    assert conn.execute("SELECT indisreplident FROM pg_index WHERE indexrelid = 'docs_pkey'::regclass").fetchone()[0]
+    # Identity and serial sequences: the same names, and they carry on from where they were.
+    assert conn.execute("SELECT pg_get_serial_sequence('docs', 'seq'), pg_get_serial_sequence('docs', 'id')"
+                        ).fetchone() == ("public.docs_seq_seq", "public.docs_id_seq")
     view_rows = conn.execute("SELECT id, embedding::text FROM recent ORDER BY id").fetchall()
     assert view_rows == conn.execute("SELECT id, embedding::text FROM docs WHERE id > 100 ORDER BY id").fetchall()
 
@@ -106,6 +112,7 @@ def test_cutover_rollback_cutover_cleanup(conn, run_cli, gemini, ollama) -> None
     new_id = conn.execute("INSERT INTO docs (title, content, author_id) VALUES ('x', %s, 1) RETURNING id",
                           (passage(1003),)).fetchone()[0]
     assert new_id > 200  # the shared sequence carried on
+    assert conn.execute("SELECT seq FROM docs WHERE id = %s", (new_id,)).fetchone()[0] > 200  # so did the identity
 
     result = run_cli("rollback", PLAN, "--json")
     assert result.exit_code == 0, result.output

@@ -68,10 +68,12 @@ def test_demo_runs_the_whole_lifecycle_and_the_sql_text_does_not_change(demo, ru
     assert conn.execute("SELECT passed FROM reembed.verifications WHERE plan_id = %s ORDER BY id DESC LIMIT 1",
                         (plan_id,)).fetchone()[0] is True
     assert conn.execute("SELECT count(*) FROM reembed_demo.passages").fetchone()[0] == int(ROWS)
-    # `embedding` now holds the target's document vectors; the source's sit in the old column.
+    # `embedding` now holds the target's document vectors; the source's sit in the old table (the
+    # demo takes the recommended strategy: copy, since nothing on its table points elsewhere).
+    assert conn.execute("SELECT spec->>'strategy' FROM reembed.plans WHERE id = %s", (plan_id,)).fetchone()[0] == "copy"
     row_id, title, content, new, old = conn.execute(
-        "SELECT id, title, content, embedding, embedding__old_nomic_embed_text FROM reembed_demo.passages "
-        "ORDER BY id LIMIT 1").fetchone()
+        "SELECT p.id, p.title, p.content, p.embedding, o.embedding FROM reembed_demo.passages p "
+        "JOIN reembed_demo.passages__old_nomic_embed_text o USING (id) ORDER BY p.id LIMIT 1").fetchone()
     np.testing.assert_allclose(new.to_numpy(), expected_vector(
         "gemini:gemini-embedding-001", content, task_type="RETRIEVAL_DOCUMENT", title=title, dimensions=768), atol=1e-5)
     np.testing.assert_allclose(old.to_numpy(), expected_vector(

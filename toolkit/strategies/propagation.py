@@ -48,7 +48,21 @@ def _row(alias: str, cols: list[str]) -> sql.Composable:
 
 def install(conn: psycopg.Connection, plan: Plan, plan_id: int, direction: str, source: sql.Identifier,
             target: sql.Identifier) -> list[sql.Composable]:
-    """The statements that make `source`'s writes reach `target` (run them in one transaction).
+    """The statements that make `source`'s writes reach `target` (run them in one transaction)."""
+    return functions(conn, plan, plan_id, direction, source, target) + triggers(plan_id, direction, source)
+
+
+def triggers(plan_id: int, direction: str, source: sql.Identifier) -> list[sql.Composable]:
+    """The triggers on `source` that call one direction's functions."""
+    n = names(plan_id, direction)
+    return [template("copy_propagate_trigger", trigger=sql.Identifier(n.trigger), source=source, function=n.function),
+            template("copy_truncate_trigger", trigger=sql.Identifier(n.truncate_trigger), source=source,
+                     function=n.truncate_function)]
+
+
+def functions(conn: psycopg.Connection, plan: Plan, plan_id: int, direction: str, source: sql.Identifier,
+              target: sql.Identifier) -> list[sql.Composable]:
+    """One direction's functions, writing into `target` by name (plpgsql resolves it when it runs).
     Column lists come from `source`'s catalog entries (the copy has the same columns)."""
     cols = columns(conn, source)
     copied = writable(cols, plan.column)
@@ -68,12 +82,8 @@ def install(conn: psycopg.Connection, plan: Plan, plan_id: int, direction: str, 
         key=sql.SQL(", ").join(map(sql.Identifier, plan.primary_key)), assignments=assignments,
         vector=sql.Identifier(plan.column), mirror_text=_row("m", text), excluded_text=_row("EXCLUDED", text),
         text_changed=sql.SQL("{} IS DISTINCT FROM {}").format(_row("OLD", text), _row("NEW", text)))
-    return [function,
-            template("copy_propagate_trigger", trigger=sql.Identifier(n.trigger), source=source, function=n.function),
-            template("copy_truncate_function", function=n.truncate_function, target=target,
-                     plan_id=sql.Literal(plan_id)),
-            template("copy_truncate_trigger", trigger=sql.Identifier(n.truncate_trigger), source=source,
-                     function=n.truncate_function)]
+    return [function, template("copy_truncate_function", function=n.truncate_function, target=target,
+                               plan_id=sql.Literal(plan_id))]
 
 
 def remove(plan_id: int, direction: str, source: sql.Identifier | None) -> list[sql.Composable]:

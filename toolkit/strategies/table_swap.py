@@ -312,20 +312,32 @@ def perform(conn: psycopg.Connection, plan: Plan, record: PlanRecord, direction:
     views = [sql.Identifier(v.schema, v.name) for v in before.views if v.kind == "view"]
     children = sorted({(r["schema"], r["table"]) for r in before.referencing})
     parents = _referenced_tables(conn, out_oid)
+    # The functions the propagation will call after the swap exist before it (nothing calls them yet).
+    for statement in propagation.functions(conn, plan, record.id, s.propagate, sql.Identifier(schema, s.incoming),
+                                           sql.Identifier(schema, s.aside)):
+        conn.execute(statement)
+    prepared = exchange_statements(conn, plan, record, s, before)
 
     def swap(c: psycopg.Connection) -> dict[str, Any]:
         started = time.monotonic()
+        # The commit need not wait for its WAL flush while readers queue behind the lock: a crash
+        # before the flush loses the whole swap (tables, phase and record together, atomically),
+        # and any later commit that reached the disk implies this one did.
+        c.execute("SELECT set_config('synchronous_commit', 'off', true)")
         for parent in parents:  # ADD FOREIGN KEY takes SHARE ROW EXCLUSIVE on the referenced table
             c.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(parent))
         recheck(c)
-        bindings = before
+        bindings, (statements, carried) = before, prepared
         if token(c, out_oid) != before_token:  # changed meanwhile: read again, locked
             bindings = capture(c, out_oid)
             if {v.name for v in bindings.views} - {v.name for v in before.views} or \
                     {(r["schema"], r["table"]) for r in bindings.referencing} - set(children):
                 raise GateFailed("a view or foreign key on the table was created during the swap; run it again")
             refuse_unsupported(bindings, refresh_matviews)
-        carried = _exchange(c, plan, record, s, bindings)
+            statements, carried = exchange_statements(c, plan, record, s, bindings)
+        # One round trip (simple query protocol: several statements, no parameters).
+        c.execute(sql.SQL(";\n").join(statements))
+        dependents.recreate_readers(c, bindings.views, bindings.functions, bindings.policies_elsewhere)
         swap_id = c.execute(
             "INSERT INTO reembed.swaps (plan_id, direction, lock_ms, attempts, captured) VALUES (%s, %s, %s, 0, %s) "
             "RETURNING id", (record.id, direction, (time.monotonic() - started) * 1000,
@@ -358,107 +370,126 @@ def _referenced_tables(conn: psycopg.Connection, oid: int) -> list[sql.Identifie
              AND k.confrelid <> %s ORDER BY 1, 2""", (oid, oid))]
 
 
-def _exchange(c: psycopg.Connection, plan: Plan, record: PlanRecord, s: Sides, b: Bindings) -> dict[str, Any]:
-    """Everything under the lock, in order. Returns what `finish` must do after it."""
+def exchange_statements(c: psycopg.Connection, plan: Plan, record: PlanRecord, s: Sides,
+                        b: Bindings) -> tuple[list[sql.Composable], dict[str, Any]]:
+    """Every statement of the swap, in order, read from the catalog as it is now (before the lock,
+    or again under it when the capture went stale), and what `finish` must do after the lock.
+    They run in one round trip under the lock: the lock is held for the server's work only."""
     schema = plan.table_schema
-    outgoing_now = sql.Identifier(schema, s.outgoing)
+    outgoing_now, incoming_now = sql.Identifier(schema, s.outgoing), sql.Identifier(schema, s.incoming)
     aside = sql.Identifier(schema, s.aside)
     table = sql.Identifier(schema, plan.table_name)  # the incoming table once renamed
+    out: list[sql.Composable] = []
+    alter_incoming: list[sql.Composable] = []  # subcommands of one ALTER TABLE on the incoming table
+    alter_aside: list[sql.Composable] = []
     # 1. The propagation stops in both directions; it is installed the other way round at the end.
     for direction in propagation.DIRECTIONS:
-        for source in (outgoing_now, sql.Identifier(schema, s.incoming)):
-            for statement in propagation.remove(record.id, direction, source)[:2]:
-                c.execute(statement)
+        for source in (outgoing_now, incoming_now):
+            out += propagation.remove(record.id, direction, source)[:2]
     # 2. Names: tables, then indexes (every outgoing one first), then identity sequences.
     sequences = _sequence_plan(c, plan, s, b)
-    c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(outgoing_now, sql.Identifier(s.aside)))
-    c.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, s.incoming),
-                                                              sql.Identifier(plan.table_name)))
-    for _, current, new in index_renames(plan, s.direction):
-        c.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(schema, current), sql.Identifier(new)))
-    for statement in sequences:
-        c.execute(statement)
+    out.append(sql.SQL("ALTER TABLE {} RENAME TO {}").format(outgoing_now, sql.Identifier(s.aside)))
+    out.append(sql.SQL("ALTER TABLE {} RENAME TO {}").format(incoming_now, sql.Identifier(plan.table_name)))
+    out += [sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(schema, current), sql.Identifier(new))
+            for _, current, new in index_renames(plan, s.direction)]
+    out += sequences
     # 3. Constraints backed by indexes: a unique index built on the copy becomes the constraint.
+    constraint_indexes = {r[0] for r in c.execute(
+        "SELECT i.relname FROM pg_constraint k JOIN pg_class i ON i.oid = k.conindid WHERE k.conrelid = %s",
+        (_oid(c, schema, s.incoming),))}
     for index in plan.copy.indexes if plan.copy else []:
-        if index.constraint == "u" and not _is_constraint(c, table, index.original_name):
-            c.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} UNIQUE USING INDEX {}{}").format(
-                table, sql.Identifier(index.original_name), sql.Identifier(index.original_name),
+        incoming_name = index.shadow_name if s.direction == "cutover" else index.old_name
+        if index.constraint == "u" and incoming_name not in constraint_indexes:
+            alter_incoming.append(sql.SQL("ADD CONSTRAINT {} UNIQUE USING INDEX {}{}").format(
+                sql.Identifier(index.original_name), sql.Identifier(index.original_name),
                 sql.SQL(" " + index.deferrable) if index.deferrable else sql.SQL("")))
     # 4. NOT NULL on the vector column (as planned): the outgoing table takes rows without a vector
     # from now on; the incoming one gets it as a NOT VALID check, made NOT NULL after the lock.
     not_null_check = None
     if plan.column_not_null:
-        helper = column_swap.helper_check_name(plan)
-        c.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(aside, sql.Identifier(plan.column)))
-        c.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(aside, sql.Identifier(helper)))
-        c.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(table, sql.Identifier(helper)))
-        not_null_check = helper
-        c.execute(template("cutover_not_null_check", table=table, constraint=sql.Identifier(helper),
-                           column=sql.Identifier(plan.column)))
+        not_null_check = column_swap.helper_check_name(plan)
+        helper = sql.Identifier(not_null_check)
+        alter_aside += [sql.SQL("ALTER COLUMN {} DROP NOT NULL").format(sql.Identifier(plan.column)),
+                        sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(helper)]
+        alter_incoming += [sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(helper),
+                           sql.SQL("ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(
+                               helper, sql.Identifier(plan.column))]
     # 5. Constraints: CHECKs and foreign keys the incoming table lacks, then the ones pointing at it.
     to_validate: list[list[str]] = []
-    have = {r[0] for r in c.execute("SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%s)",
-                                    (table.as_string(c),))}
+    have = {r[0] for r in c.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s",
+                                    (_oid(c, schema, s.incoming),))}
     for constraint in b.checks + b.foreign_keys:
         if constraint["name"] not in have:
-            c.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
-                table, sql.Identifier(constraint["name"]), sql.SQL(constraint["definition"])))
+            alter_incoming.append(sql.SQL("ADD CONSTRAINT {} {} NOT VALID").format(
+                sql.Identifier(constraint["name"]), sql.SQL(constraint["definition"])))
             if constraint["validated"]:
                 to_validate.append([schema, plan.table_name, constraint["name"]])
-    for ref in b.referencing:
-        child = sql.Identifier(ref["schema"], ref["table"])
-        # The definition names the referenced table as it did before the renames: now the incoming one.
-        c.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}, ADD CONSTRAINT {} {} NOT VALID").format(
-            child, sql.Identifier(ref["name"]), sql.Identifier(ref["name"]), sql.SQL(ref["definition"])))
-        if ref["validated"]:
-            to_validate.append([ref["schema"], ref["table"], ref["name"]])
     # 6. The application's triggers, in the state they had: created on the incoming table, dropped
     # from the outgoing one (which from now on only reembed's propagation writes).
+    on_incoming = {r[0] for r in c.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = %s",
+                                           (_oid(c, schema, s.incoming),))}
+    creates: list[sql.Composable] = []
     for trigger in b.triggers:
-        c.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(trigger.name), aside))
-        if not _has_trigger(c, table, trigger.name):
-            c.execute(sql.SQL(trigger.definition))
-        c.execute(sql.SQL("ALTER TABLE {} {} {}").format(table, sql.SQL(_ENABLE[trigger.enabled]),
-                                                         sql.Identifier(trigger.name)))
+        out.append(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(trigger.name), aside))
+        if trigger.name not in on_incoming:
+            creates.append(sql.SQL(trigger.definition))
+        if trigger.enabled != "O" or trigger.name in on_incoming:
+            alter_incoming.append(sql.SQL("{} {}").format(sql.SQL(_ENABLE[trigger.enabled]),
+                                                          sql.Identifier(trigger.name)))
     # 7. Row security and policies.
+    policies: list[sql.Composable] = []
     for policy in b.policies:
-        c.execute(sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(sql.Identifier(policy["name"]), table))
-        c.execute(_create_policy(table, policy))
-        c.execute(sql.SQL("DROP POLICY {} ON {}").format(sql.Identifier(policy["name"]), aside))
+        policies += [sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(sql.Identifier(policy["name"]), table),
+                     _create_policy(table, policy),
+                     sql.SQL("DROP POLICY {} ON {}").format(sql.Identifier(policy["name"]), aside)]
     enabled, forced = b.row_security
-    c.execute(sql.SQL("ALTER TABLE {} {} ROW LEVEL SECURITY, {} ROW LEVEL SECURITY").format(
-        table, sql.SQL("ENABLE" if enabled else "DISABLE"), sql.SQL("FORCE" if forced else "NO FORCE")))
-    c.execute(sql.SQL("ALTER TABLE {} DISABLE ROW LEVEL SECURITY, NO FORCE ROW LEVEL SECURITY").format(aside))
-    # 8. Owner, grants, comments.
-    c.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(table, sql.Identifier(b.owner)))
-    _copy_grants(c, table, b)
-    c.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(table, sql.Literal(b.comment)))
-    for column, text in b.column_comments.items():
-        c.execute(sql.SQL("COMMENT ON COLUMN {} IS {}").format(sql.Identifier(schema, plan.table_name, column),
-                                                             sql.Literal(text)))
-    for index in plan.copy.indexes if plan.copy else []:  # the incoming index now has the original's name
-        if b.index_comments.get(index.original_name) is not None:
-            c.execute(sql.SQL("COMMENT ON INDEX {} IS {}").format(sql.Identifier(schema, index.original_name),
-                                                                sql.Literal(b.index_comments[index.original_name])))
-    c.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(aside, sql.Literal(_aside_tag(plan, s))))
-    # 9. Replication: publication membership and replica identity.
+    alter_incoming += [sql.SQL("ENABLE ROW LEVEL SECURITY" if enabled else "DISABLE ROW LEVEL SECURITY"),
+                       sql.SQL("FORCE ROW LEVEL SECURITY" if forced else "NO FORCE ROW LEVEL SECURITY"),
+                       sql.SQL("OWNER TO {}").format(sql.Identifier(b.owner))]
+    alter_aside += [sql.SQL("DISABLE ROW LEVEL SECURITY"), sql.SQL("NO FORCE ROW LEVEL SECURITY")]
+    # 8. Replica identity (its index has the original's name on the incoming table by now).
+    kind, index = b.replica_identity
+    alter_incoming.append(sql.SQL("REPLICA IDENTITY {}").format(
+        {"d": sql.SQL("DEFAULT"), "n": sql.SQL("NOTHING"), "f": sql.SQL("FULL")}.get(kind)
+        or sql.SQL("USING INDEX {}").format(sql.Identifier(index))))
+    out += creates  # before the ALTER that sets their state
+    out.append(sql.SQL("ALTER TABLE {} {}").format(table, sql.SQL(", ").join(alter_incoming)))
+    out.append(sql.SQL("ALTER TABLE {} {}").format(aside, sql.SQL(", ").join(alter_aside)))
+    out += policies
+    for ref in b.referencing:
+        # The definition names the referenced table as it did before the renames: now the incoming one.
+        out.append(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}, ADD CONSTRAINT {} {} NOT VALID").format(
+            sql.Identifier(ref["schema"], ref["table"]), sql.Identifier(ref["name"]), sql.Identifier(ref["name"]),
+            sql.SQL(ref["definition"])))
+        if ref["validated"]:
+            to_validate.append([ref["schema"], ref["table"], ref["name"]])
+    # 9. Grants and comments.
+    out += _grant_statements(c, table, _oid(c, schema, s.incoming), b)
+    current = {r[0]: r[1] for r in c.execute(
+        "SELECT attname, col_description(attrelid, attnum) FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
+        "AND NOT attisdropped", (_oid(c, schema, s.incoming),))}
+    out += [sql.SQL("COMMENT ON COLUMN {} IS {}").format(sql.Identifier(schema, plan.table_name, column),
+                                                        sql.Literal(text))
+            for column, text in b.column_comments.items() if current.get(column) != text]
+    out.append(sql.SQL("COMMENT ON TABLE {} IS {}").format(table, sql.Literal(b.comment)))
+    for carried in plan.copy.indexes if plan.copy else []:  # the incoming index now has the original's name
+        if b.index_comments.get(carried.original_name) is not None:
+            out.append(sql.SQL("COMMENT ON INDEX {} IS {}").format(
+                sql.Identifier(schema, carried.original_name), sql.Literal(b.index_comments[carried.original_name])))
+    out.append(sql.SQL("COMMENT ON TABLE {} IS {}").format(aside, sql.Literal(_aside_tag(plan, s))))
+    # 10. Publication membership.
     for pub in b.publications:
         ident = sql.Identifier(pub["name"])
-        c.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(ident, aside))
         columns = sql.SQL(" ({})").format(sql.SQL(", ").join(map(sql.Identifier, pub["columns"]))) \
             if pub["columns"] else sql.SQL("")
         where = sql.SQL(" WHERE ({})").format(sql.SQL(pub["row_filter"])) if pub["row_filter"] else sql.SQL("")
-        c.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}{}{}").format(ident, table, columns, where))
-    kind, index = b.replica_identity
-    identity = {"d": sql.SQL("DEFAULT"), "n": sql.SQL("NOTHING"), "f": sql.SQL("FULL")}.get(kind) or \
-        sql.SQL("USING INDEX {}").format(sql.Identifier(index))
-    c.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY {}").format(table, identity))
-    # 10. What reads the table by OID: views, SQL-body functions, other tables' policies.
-    dependents.recreate_readers(c, b.views, b.functions, b.policies_elsewhere)
-    # 11. The propagation, the other way: the outgoing table stays current for a rollback.
-    for statement in propagation.install(c, plan, record.id, s.propagate, table, aside):
-        c.execute(statement)
-    return {"to_validate_on": to_validate, "not_null_check": not_null_check}
+        out += [sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(ident, aside),
+                sql.SQL("ALTER PUBLICATION {} ADD TABLE {}{}{}").format(ident, table, columns, where)]
+    # 11. What reads the table by OID is replayed by dependents.recreate_readers (in `perform`).
+    # 12. The propagation, the other way (its functions were made before the lock): the outgoing
+    # table stays current for a rollback.
+    out += propagation.triggers(record.id, s.propagate, table)
+    return out, {"to_validate_on": to_validate, "not_null_check": not_null_check}
 
 
 def _sequence_plan(c: psycopg.Connection, plan: Plan, s: Sides, b: Bindings) -> list[sql.Composable]:
@@ -498,16 +529,6 @@ def capture_sequences(c: psycopg.Connection, schema: str, table: str) -> dict[st
         (sql.Identifier(schema, table).as_string(c),))}
 
 
-def _is_constraint(c: psycopg.Connection, table: sql.Identifier, index: str) -> bool:
-    return c.execute("SELECT 1 FROM pg_constraint k JOIN pg_class i ON i.oid = k.conindid WHERE k.conrelid = "
-                     "to_regclass(%s) AND i.relname = %s", (table.as_string(c), index)).fetchone() is not None
-
-
-def _has_trigger(c: psycopg.Connection, table: sql.Identifier, name: str) -> bool:
-    return c.execute("SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
-                     (table.as_string(c), name)).fetchone() is not None
-
-
 def _create_policy(table: sql.Identifier, policy: dict[str, Any]) -> sql.Composed:
     roles = sql.SQL(", ").join(dependents.grantee_sql(r) for r in policy["roles"])
     using = sql.SQL(" USING ({})").format(sql.SQL(policy["using"])) if policy["using"] is not None else sql.SQL("")
@@ -518,25 +539,25 @@ def _create_policy(table: sql.Identifier, policy: dict[str, Any]) -> sql.Compose
         sql.SQL(policy["command"]), roles, using, check)
 
 
-def _copy_grants(c: psycopg.Connection, table: sql.Identifier, b: Bindings) -> None:
-    """The incoming table's grants become exactly the outgoing one's."""
+def _grant_statements(c: psycopg.Connection, table: sql.Identifier, incoming_oid: int,
+                      b: Bindings) -> list[sql.Composable]:
+    """Make the incoming table's grants exactly the outgoing one's."""
     current = c.execute(
         """SELECT DISTINCT CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee) END
-           FROM pg_class t, aclexplode(t.relacl) x WHERE t.oid = to_regclass(%s) AND x.grantee <> t.relowner
+           FROM pg_class t, aclexplode(t.relacl) x WHERE t.oid = %s AND x.grantee <> t.relowner
            UNION
            SELECT DISTINCT CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee) END
-           FROM pg_attribute a, aclexplode(a.attacl) x WHERE a.attrelid = to_regclass(%s)""",
-        (table.as_string(c),) * 2).fetchall()
-    for (grantee,) in current:
-        c.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(table, dependents.grantee_sql(grantee)))
-    for grantee, privilege, grantable in b.grants:
-        c.execute(sql.SQL("GRANT {} ON {} TO {}{}").format(
-            dependents.privilege_sql(privilege), table, dependents.grantee_sql(grantee),
-            sql.SQL(" WITH GRANT OPTION" if grantable else "")))
-    for column, grantee, privilege, grantable in b.column_grants:
-        c.execute(sql.SQL("GRANT {} ({}) ON {} TO {}{}").format(
-            dependents.privilege_sql(privilege), sql.Identifier(column), table, dependents.grantee_sql(grantee),
-            sql.SQL(" WITH GRANT OPTION" if grantable else "")))
+           FROM pg_attribute a, aclexplode(a.attacl) x WHERE a.attrelid = %s""",
+        (incoming_oid, incoming_oid)).fetchall()
+    out: list[sql.Composable] = [sql.SQL("REVOKE ALL ON {} FROM {}").format(table, dependents.grantee_sql(g))
+                                 for (g,) in current]
+    out += [sql.SQL("GRANT {} ON {} TO {}{}").format(
+        dependents.privilege_sql(privilege), table, dependents.grantee_sql(grantee),
+        sql.SQL(" WITH GRANT OPTION" if grantable else "")) for grantee, privilege, grantable in b.grants]
+    out += [sql.SQL("GRANT {} ({}) ON {} TO {}{}").format(
+        dependents.privilege_sql(privilege), sql.Identifier(column), table, dependents.grantee_sql(grantee),
+        sql.SQL(" WITH GRANT OPTION" if grantable else "")) for column, grantee, privilege, grantable in b.column_grants]
+    return out
 
 
 def _aside_tag(plan: Plan, s: Sides) -> str:
