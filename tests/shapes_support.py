@@ -20,7 +20,7 @@ def ok(result: Any) -> Any:
 
 def lifecycle(run_cli, name: str, table: str, *plan_args: str, verify: bool = True) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """plan, run, index, verify, cutover through the CLI, each expected to succeed; the verify report."""
-    ok(run_cli("plan", table, "--name", name, "--offline", *plan_args))
+    ok(run_cli("plan", table, "--strategy", "column", "--name", name, "--offline", *plan_args))
     ok(run_cli("run", name, "--no-progress"))
     ok(run_cli("index", name, "--no-progress"))
     report: dict[str, Any] = {}

@@ -177,7 +177,7 @@ def test_a_job_created_before_its_name_was_recorded_is_found_not_created_again(c
 
 def test_the_batch_api_is_refused_for_a_model_that_is_not_gemini(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
     create_docs(conn, 10, index=None)
-    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--to", "ollama:nomic-embed-text",
+    result = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--to", "ollama:nomic-embed-text",
                      "--from", TARGET, "--name", "o", "--offline")
     assert result.exit_code == 0, result.output
     refused = run_cli("run", "o", "--batch-api", *FAST)

@@ -114,13 +114,13 @@ def test_the_run_stops_cleanly_on_the_daily_quota_and_the_next_day_finishes(conn
 
 def test_the_estimate_counts_days_when_the_daily_cap_binds(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
     create_docs(conn, 300, index=None)
-    free = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--offline", "--name", "free",
+    free = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--offline", "--name", "free",
                    "--json", "-o", "free.toml")
     assert free.exit_code == 0, free.output
     estimate = json.loads(free.stdout)["spec"]["estimate"]
     assert (estimate["rpd"], estimate["days_at_quota"]) == (1000, 0.0)  # 300 rows fit in one quota day
     conn.execute("DELETE FROM reembed.plans")
-    capped = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--offline", "--name", "capped",
+    capped = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--offline", "--name", "capped",
                      "--rpd", "100", "-o", "capped.toml")
     assert capped.exit_code == 0, capped.output
     assert "~3 days at 100 texts/day (the daily cap binds" in capped.stdout

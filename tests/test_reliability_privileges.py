@@ -113,7 +113,7 @@ def test_a_role_that_does_not_own_the_table_is_refused_in_one_line_and_nothing_c
     columns = conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attnum > 0 "
                            "AND NOT attisdropped").fetchone()[0]
     # Refused at plan (issue 12.9), before anything is paid for, naming the owner to run as.
-    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--name", "p1", "--offline")
+    result = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--name", "p1", "--offline")
     assert result.exit_code == 2
     assert f"ownership of table public.docs, owned by {migrator}" in result.stderr \
         and len(error_lines(result.stderr)) == 1, result.stderr

@@ -16,7 +16,7 @@ from cli_support import error_lines
 from shapes_support import table_state
 from tables import create_docs
 
-PLAN_ARGS = ("docs", "--column", "embedding", "--text", "content", "--name", "acc", "--offline")
+PLAN_ARGS = ("docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--name", "acc", "--offline")
 
 
 def _dsn_as(dsn: str, user: str) -> str:

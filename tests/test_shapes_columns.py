@@ -13,7 +13,7 @@ from shapes_support import column_type, lifecycle, ok, table_state, vector_misma
 from verify_support import verify_emulators, verify_env  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("verify_env")
-LANGCHAIN = ("--column", "embedding", "--text", "document")
+LANGCHAIN = ("--strategy", "column", "--column", "embedding", "--text", "document")
 
 
 def test_langchain_unsized_vector_keeps_its_type_through_the_whole_lifecycle(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
@@ -55,7 +55,7 @@ def test_citext_is_accepted_where_the_extension_exists(conn, run_cli) -> None:  
         pytest.skip("citext is not available on this server")
     conn.execute("CREATE EXTENSION citext")
     create_docs_with_text_type(conn, 30, "citext")
-    ok(run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--name", "ci", "--offline"))
+    ok(run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--name", "ci", "--offline"))
     ok(run_cli("run", "ci", "--no-progress"))
     assert vector_mismatches(conn, "docs", "id", "content", "embedding__gemini_embedding_001") == []
 

@@ -105,7 +105,7 @@ def test_a_subscriber_following_the_printed_steps_ends_with_every_new_vector(  #
                             "WITH (create_slot = false, slot_name = 'docs_sub')").format(sql.Literal(pub_dsn)))
         _wait("the initial copy", lambda: sub.execute("SELECT count(*) FROM docs").fetchone()[0] == 150)
 
-        result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title",
+        result = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--title", "title",
                          "--name", "rep", "--offline", "--json", "--dsn", pub_dsn)
         assert result.exit_code == 0, result.output
         steps = json.loads(result.stdout)["subscribers"]["steps"]

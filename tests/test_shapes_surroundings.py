@@ -41,7 +41,7 @@ def test_inspect_and_plan_list_the_application_triggers_and_which_the_backfill_f
     data = json.loads(run_cli("inspect", "docs", "--json").stdout)
     assert {t["name"] for t in data["triggers"]} == {"docs_touch", "docs_outbox", "docs_audit"}
 
-    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--name", "t1", "--offline", "--json")
+    result = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--name", "t1", "--offline", "--json")
     assert result.exit_code == 0, result.output
     notes = json.loads(result.stdout)["triggers"]
     assert any(n.startswith("docs_touch") and "FIRES once per row" in n for n in notes)
@@ -66,10 +66,12 @@ def test_plan_says_what_every_subscriber_needs_in_order(conn, run_cli) -> None: 
     assert "everything: FOR ALL TABLES" in inspected.stdout and "inserts_only" not in inspected.stdout
     assert "also publish reembed's own schema" in inspected.stdout
 
-    text = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--name", "r1", "--offline").stdout
+    text = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--name", "r1",
+                   "--offline").stdout
     assert "logical replication:" in text and "on every subscriber of docs_pub, everything, in this order:" in text
     assert run_cli("abandon", "r1", "--yes").exit_code == 0
-    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--name", "r2", "--offline", "--json")
+    result = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--name",
+                     "r2", "--offline", "--json")
     assert result.exit_code == 0, result.output
     advice = json.loads(result.stdout)["subscribers"]
     assert advice["publications"] == ["docs_pub", "everything"]
@@ -93,7 +95,7 @@ def test_a_column_list_naming_the_vector_column_says_what_to_change_before_run(c
     create_docs(conn, 10)
     conn.execute("SET client_min_messages = error")
     conn.execute("CREATE PUBLICATION vec_pub FOR TABLE docs (id, embedding)")
-    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--name", "r3", "--offline", "--json")
+    result = run_cli("plan", "docs", "--strategy", "column", "--column", "embedding", "--text", "content", "--name", "r3", "--offline", "--json")
     advice = json.loads(result.stdout)["subscribers"]
     assert any("vec_pub lists the columns it publishes (id, embedding)" in w and
                'ALTER PUBLICATION vec_pub DROP TABLE "public"."docs"' in w for w in advice["warnings"])
