@@ -125,7 +125,8 @@ class ColumnStrategy:
             f"track changes to {', '.join(plan.tracked_columns)}",
             f"2. run       embed every row with {plan.target} (RETRIEVAL_DOCUMENT) in checkpointed batches, "
             f"UPDATEing {plan.shadow_column} (the application's UPDATE triggers fire for every row)",
-            "3. index     " + ("; ".join(f"build {i.method} ({i.opclass}, " + ", ".join(f"{k}={v}" for k, v in i.options.items())
+            "3. index     " + ("; ".join(f"build {i.method} ({i.opclass}, "
+                                         + ", ".join(f"{k}={v}" for k, v in i.options.items())
                                          + f") CONCURRENTLY as {i.shadow_name}" for i in plan.indexes)
                                or "no vector index to rebuild"),
             "4. verify    coverage, freshness, sanity, index, recall, old-vs-new agreement",
@@ -420,7 +421,8 @@ def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: s
 
     for index in indexes:
         ident = sql.Identifier(plan.table_schema, index)
-        present = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (ident.as_string(conn),)).fetchone()[0]  # type: ignore[index]
+        present = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                               (ident.as_string(conn),)).fetchone()[0]  # type: ignore[index]
         size = index_bytes(conn, ident) if present else 0
         result.index_bytes += size
         if present:  # an empty index has 0 bytes

@@ -85,7 +85,7 @@ class CopyStrategy:
         if tag is not None and tag.get("plan") != plan.name:
             raise GateFailed(f"table {plan.table_schema}.{_spec(plan).table} already exists and was not created by "
                              f"plan {plan.name!r}: drop or rename it, or plan another target")
-        if tag is not None and shape(conn, _copy_ident(plan)) != shape(conn, plan.table):
+        if tag is not None and shape(conn, _copy_ident(plan), plan.column) != shape(conn, plan.table, plan.column):
             raise GateFailed(f"the copy {plan.table_schema}.{_spec(plan).table} no longer has the columns of "
                              f"{plan.table_display} (the table was altered): `reembed abandon {plan.name}` and plan "
                              "again")
@@ -142,7 +142,8 @@ class CopyStrategy:
 
     def describe(self, plan: Plan) -> list[str]:
         copy = _spec(plan)
-        others = [i.original_name for i in copy.indexes if i.original_name not in {v.original_name for v in plan.indexes}]
+        vector_names = {v.original_name for v in plan.indexes}
+        others = [i.original_name for i in copy.indexes if i.original_name not in vector_names]
         return [
             f"1. prepare   create {plan.table_schema}.{copy.table}, a copy of {plan.table_display} with the same "
             f"columns, and triggers that mirror every write into it in the same transaction",

@@ -47,10 +47,11 @@ def columns(conn: psycopg.Connection, table: sql.Identifier) -> list[Column]:
     return [Column(*r) for r in rows]
 
 
-def shape(conn: psycopg.Connection, table: sql.Identifier) -> list[tuple[str, str, bool]]:
+def shape(conn: psycopg.Connection, table: sql.Identifier,
+          vector_column: str | None = None) -> list[tuple[str, str, bool]]:
     """(name, type, generated) of every column in order: what `SELECT *` returns, for comparing
-    the original with the copy."""
-    return [tuple(r) for r in conn.execute(  # type: ignore[misc]
+    the original with the copy (`vector_column`'s type left out: a plan may change its dimensions)."""
+    return [(name, "vector" if name == vector_column else type_, generated) for name, type_, generated in conn.execute(
         """SELECT attname, format_type(atttypid, atttypmod), attgenerated <> '' FROM pg_attribute
            WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum""",
         (table.as_string(conn),)).fetchall()]
@@ -182,7 +183,8 @@ def create_statements(conn: psycopg.Connection, plan: Plan) -> list[sql.Composab
     options.update({f"toast.{k}": v for k, v in (o.split("=", 1) for o in toast_options or [])})
     create = sql.SQL("CREATE {}TABLE {} (LIKE {} {}){}{}{}").format(
         sql.SQL("UNLOGGED " if persistence == "u" else ""), copy, plan.table, sql.SQL(_LIKE),
-        sql.SQL(" USING {}").format(sql.Identifier(access_method)) if access_method not in (None, "heap") else sql.SQL(""),
+        sql.SQL(" USING {}").format(sql.Identifier(access_method)) if access_method not in (None, "heap")
+        else sql.SQL(""),
         sql.SQL(" WITH ({})").format(sql.SQL(", ").join(
             sql.SQL("{} = {}").format(sql.SQL(".").join(map(sql.Identifier, k.split("."))), sql.Literal(v))
             for k, v in sorted(options.items()))) if options else sql.SQL(""),
@@ -192,6 +194,11 @@ def create_statements(conn: psycopg.Connection, plan: Plan) -> list[sql.Composab
     vector = next((c for c in cols if c.name == plan.column), None)
     if vector is not None and vector.not_null:
         out.append(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(copy, sql.Identifier(plan.column)))
+    if plan.new_column_type != plan.column_type:  # new dimensions: the copy is empty, no rewrite
+        from toolkit.phases.prepare import new_column_type
+
+        out.append(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
+            copy, sql.Identifier(plan.column), new_column_type(plan)))
     for c in cols:
         if c.stats_target is not None:
             out.append(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STATISTICS {}").format(

@@ -86,7 +86,8 @@ class Bindings:
         add("policy", [p["name"] for p in self.policies] + [p.name for p in self.policies_elsewhere])
         add("trigger", [t.name for t in self.triggers])
         add("check_constraint", [c["name"] for c in self.checks])
-        add("foreign_key", [f["name"] for f in self.foreign_keys] + [f"{r['table']}.{r['name']}" for r in self.referencing])
+        add("foreign_key", [f["name"] for f in self.foreign_keys]
+            + [f"{r['table']}.{r['name']}" for r in self.referencing])
         add("publication", [p["name"] for p in self.publications])
         add("grant", sorted({f"{g[1]} to {g[0]}" for g in self.grants}
                             | {f"{g[2]} ({g[0]}) to {g[1]}" for g in self.column_grants}))
@@ -252,7 +253,7 @@ def check(conn: psycopg.Connection, plan: Plan, record: PlanRecord, direction: s
     out_oid, in_oid = _oid(conn, schema, s.outgoing), _oid(conn, schema, s.incoming)
     if conn.execute("SELECT to_regclass(%s)", (sql.Identifier(schema, s.aside).as_string(conn),)).fetchone()[0]:
         raise GateFailed(f"a relation named {schema}.{s.aside} exists: the table moved aside needs that name")
-    if shape(conn, outgoing) != shape(conn, incoming):
+    if shape(conn, outgoing, plan.column) != shape(conn, incoming, plan.column):
         raise GateFailed(f"{incoming.as_string(conn)} no longer has exactly the columns of {outgoing.as_string(conn)} "
                          f"(the table was altered since prepare): `reembed abandon {plan.name}` and plan again")
     if direction == "cutover":
@@ -341,7 +342,8 @@ def perform(conn: psycopg.Connection, plan: Plan, record: PlanRecord, direction:
         swap_id = c.execute(
             "INSERT INTO reembed.swaps (plan_id, direction, lock_ms, attempts, captured) VALUES (%s, %s, %s, 0, %s) "
             "RETURNING id", (record.id, direction, (time.monotonic() - started) * 1000,
-                             Jsonb({"strategy": "copy", "bindings": bindings.to_json(), **carried}))).fetchone()[0]  # type: ignore[index]
+                             Jsonb({"strategy": "copy", "bindings": bindings.to_json(), **carried}))
+        ).fetchone()[0]  # type: ignore[index]
         set_phase(c, record.id, s.phase_after, f"{direction}: {s.incoming} is now {s.outgoing}, {s.outgoing} is now "
                   f"{s.aside}", {"swap_id": swap_id})
         return {"swap_id": swap_id, "bindings": bindings, "carried": carried}
@@ -556,7 +558,8 @@ def _grant_statements(c: psycopg.Connection, table: sql.Identifier, incoming_oid
         sql.SQL(" WITH GRANT OPTION" if grantable else "")) for grantee, privilege, grantable in b.grants]
     out += [sql.SQL("GRANT {} ({}) ON {} TO {}{}").format(
         dependents.privilege_sql(privilege), sql.Identifier(column), table, dependents.grantee_sql(grantee),
-        sql.SQL(" WITH GRANT OPTION" if grantable else "")) for column, grantee, privilege, grantable in b.column_grants]
+        sql.SQL(" WITH GRANT OPTION" if grantable else ""))
+        for column, grantee, privilege, grantable in b.column_grants]
     return out
 
 
