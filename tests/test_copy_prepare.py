@@ -185,3 +185,13 @@ def test_a_delete_racing_a_batch_write_of_the_same_row_leaves_nothing_behind(con
         app.close()
     assert conn.execute(f"SELECT count(*) FROM {COPY} WHERE id = 5").fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM reembed.ledger WHERE pk = '{\"id\": 5}'").fetchone()[0] == 0
+
+
+def test_several_workers_share_the_copy_s_ledger(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
+    create_app_table(conn, 120)
+    plan_copy(run_cli)
+    result = run_cli("run", PLAN, "--no-progress", "--workers", "2", "--batch-size", "20", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rows_embedded_more_than_once"] == 0
+    assert mismatches(conn, "embedding", table=COPY) == []
+    assert rows_of(conn, COPY, vector=False) == rows_of(conn, "docs", vector=False)

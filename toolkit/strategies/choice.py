@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from toolkit.catalog import TableInfo
 from toolkit.errors import BadInput
@@ -104,10 +105,10 @@ def positional_statements(conn: psycopg.Connection, info: TableInfo, limit: int 
         return [], "pg_stat_statements is not installed: statements using SELECT * were not looked for"
     try:
         with conn.transaction():
-            statements = [r[0] for r in conn.execute(
+            statements = [r[0] for r in conn.execute(sql.SQL(
                 "SELECT query FROM {}.pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database "
-                "WHERE datname = current_database()) AND query ILIKE %s ORDER BY calls DESC LIMIT 500".replace(
-                    "{}", '"' + row[0].replace('"', '""') + '"'), (f"%{info.name}%",)).fetchall()]
+                "WHERE datname = current_database()) AND query ILIKE %s ORDER BY calls DESC LIMIT 500").format(
+                    sql.Identifier(row[0])), (f"%{info.name}%",)).fetchall()]
     except psycopg.Error as exc:
         return [], f"pg_stat_statements is not readable ({(str(exc).strip().splitlines() or [''])[0]})"
     found = classify_statements(statements, info)
@@ -153,10 +154,8 @@ def choose(conn: psycopg.Connection, plan: Any, info: TableInfo, requested: str 
 
     found = detect(conn, info)
     rows = max(info.rows_estimate, 0)
-    vector_bytes = rows * (4 * plan.dimensions + 8)
-    indexes = len(plan.indexes)
-    column_disk = vector_bytes + int(vector_bytes * 1.3) * indexes
-    copy_disk = info.heap_bytes + info.toast_bytes + info.index_bytes
+    column_disk = sum(strategy_named("column").disk_bytes(plan, rows, info))
+    copy_disk = sum(strategy_named("copy").disk_bytes(plan, rows, info))
     copy_refused = _copy_refusal(conn, plan, info, strategy_named("copy"))
     triggers = ", ".join(found.update_triggers)
     column_sees = [f"an extra column {plan.shadow_column} in every `SELECT *` from prepare to cutover, then "

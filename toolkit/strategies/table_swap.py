@@ -275,8 +275,11 @@ def check(conn: psycopg.Connection, plan: Plan, record: PlanRecord, direction: s
         outgoing, incoming)).fetchone()
     assert counts is not None
     if counts[0] != counts[1]:
+        # Every row reaches the mirror in its own transaction and the backfill gate saw nothing
+        # pending: a difference here means the two tables have diverged, which no run repairs.
         raise GateFailed(f"{outgoing.as_string(conn)} has {counts[0]} rows but {incoming.as_string(conn)} has "
-                         f"{counts[1]}: run `reembed run {plan.name}` first")
+                         f"{counts[1]} in the same snapshot: they no longer mirror each other, so reembed will not "
+                         f"swap them; `reembed abandon {plan.name}` (before cutover) and plan again")
     bindings = capture(conn, out_oid)
     refuse_unsupported(bindings, refresh_matviews)
     return bindings.summary()
