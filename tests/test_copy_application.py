@@ -59,7 +59,7 @@ def test_a_prepared_select_star_reader_never_notices_the_migration(conn, run_cli
                  what="the reader's statement to be prepared")
         steps = [("run", PLAN, "--no-progress"), ("index", PLAN, "--no-progress"),
                  ("verify", PLAN, "--no-source", "--sample", "20"), ("cutover", PLAN), ("rollback", PLAN),
-                 ("verify", PLAN, "--no-source", "--sample", "20"), ("cutover", PLAN), ("cleanup", PLAN)]
+                 ("verify", PLAN, "--no-source", "--sample", "20"), ("cutover", PLAN), ("cleanup", PLAN, "--yes")]
         for step in steps:
             result = run_cli(*step)
             assert result.exit_code == 0, (step, result.output)

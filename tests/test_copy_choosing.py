@@ -34,7 +34,7 @@ def test_with_nothing_detected_copy_is_recommended_with_its_disk(conn, run_cli) 
     create_docs(conn, 50)
     result = _plan(run_cli, "docs", "--json")
     assert result.exit_code == 0, result.output
-    spec = json.loads(result.stdout)["plan"]
+    spec = json.loads(result.stdout)["spec"]
     assert spec["strategy"] == "copy" and spec["choice"]["chosen_by"] == "recommendation"
     [reason] = spec["choice"]["reasons"]
     assert reason.startswith("nothing detected either way: copy is the strategy the application cannot notice")
@@ -45,14 +45,14 @@ def test_strategy_overrides_the_recommendation_and_a_refused_copy_points_to_colu
     create_app_table(conn, 10)
     result = _plan(run_cli, "docs", "--strategy", "column", "--json")
     assert result.exit_code == 0, result.output
-    spec = json.loads(result.stdout)["plan"]
+    spec = json.loads(result.stdout)["spec"]
     assert spec["strategy"] == "column" and spec["choice"]["recommended"] == "copy"
     assert spec["choice"]["chosen_by"] == "--strategy"
     conn.execute("CREATE TABLE kids (id int PRIMARY KEY, content text, embedding vector(768))")
     conn.execute("CREATE TABLE kid (extra int) INHERITS (kids)")
     result = _plan(run_cli, "kids", "--json")
     assert result.exit_code == 0, result.output
-    spec = json.loads(result.stdout)["plan"]
+    spec = json.loads(result.stdout)["spec"]
     assert spec["strategy"] == "column"
     assert "the copy strategy cannot carry this table: it takes part in table inheritance" in spec["choice"]["reasons"][0]
 

@@ -89,7 +89,7 @@ def test_after_cleanup_the_table_is_the_size_of_a_freshly_loaded_one(conn, run_c
     create_docs(conn, 1500, index="hnsw")
     plan_copy(run_cli)
     for step in (("run", PLAN, "--no-progress"), ("index", PLAN, "--no-progress"), ("cutover", PLAN, "--force"),
-                 ("cleanup", PLAN)):
+                 ("cleanup", PLAN, "--yes")):
         result = run_cli(*step)
         assert result.exit_code == 0, (step, result.output)
     conn.execute("CREATE TABLE fresh (LIKE docs INCLUDING ALL EXCLUDING INDEXES)")

@@ -14,6 +14,8 @@ from backfill_support import gemini, mismatches  # noqa: F401 (fixture)
 from copy_support import COPY, OLD, PLAN, create_app_table, outbox_count, plan_copy, rows_of, shape
 from tables import passage
 from toolkit.emulators import expected_vector, start_ollama
+from toolkit.phases.cleanup import preview as cleanup_preview
+from toolkit.plan import load as load_plan
 
 SOURCE = "ollama:nomic-embed-text"
 
@@ -144,7 +146,10 @@ def test_cutover_rollback_cutover_cleanup(conn, run_cli, gemini, ollama) -> None
         result = run_cli(*step)
         assert result.exit_code == 0, (step, result.output)
     assert mismatches(conn, "embedding") == []
-    result = run_cli("cleanup", PLAN, "--json")
+    question = cleanup_preview(conn, *load_plan(conn, PLAN), "cleanup")  # what cleanup asks before dropping
+    assert [d.split(" (")[0] for d in question.drops] == [f"table public.{OLD}", "the change tracking"]
+    assert question.needs_confirmation and question.ends_rollback
+    result = run_cli("cleanup", PLAN, "--yes", "--json")
     assert result.exit_code == 0, result.output
     dropped = json.loads(result.stdout)
     assert dropped["what"] == "table" and dropped["column_bytes"] > 0

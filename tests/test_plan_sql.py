@@ -20,7 +20,7 @@ def test_plan_sql_has_every_statement_in_full(conn: psycopg.Connection, run_cli)
                     BEGIN ATOMIC SELECT id FROM docs ORDER BY embedding <=> q LIMIT 5; END""")
     conn.execute("COMMENT ON COLUMN docs.embedding IS 'document vectors'")
     result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--name", "p1", "--offline",
-                     "--sql", "--json")
+                     "--strategy", "column", "--sql", "--json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     statements = data["sql"]
@@ -45,5 +45,5 @@ def test_plan_sql_has_every_statement_in_full(conn: psycopg.Connection, run_cli)
     assert f'DROP FUNCTION IF EXISTS "reembed"."track_{plan_id}"()' in cleanup
     # The human form prints the same statements.
     text = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--name", "p1", "--offline",
-                   "--sql").stdout
+                   "--strategy", "column", "--sql").stdout
     assert "-- cutover" in text and 'CREATE OR REPLACE VIEW "public"."docs_v"' in text

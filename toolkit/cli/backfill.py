@@ -113,9 +113,9 @@ def _summary_text(s: RunSummary) -> str:
 @click.option("--adaptive", is_flag=True, help="Also run (b) without --rpm: the quota found from 429s alone.")
 @click.option("--skip-pk-order", is_flag=True, help="Skip the slow primary-key-order floor.")
 @click.option("--skip-strategies", is_flag=True,
-              help="Skip (d), the copy and column strategies' whole migrations.")
+              help="Skip (e), the copy and column strategies' whole migrations.")
 @click.option("--strategy-rows", type=click.IntRange(min=10), multiple=True, metavar="N",
-              help="Table sizes of (d) (repeatable). Default: --small-rows and --rows.")
+              help="Table sizes of (e) (repeatable). Default: --small-rows and --rows.")
 @dsn_option
 @json_option
 @handle_errors
@@ -125,9 +125,9 @@ def bench(rows: int, small_rows: int, hnsw_m: int, quota: int, quota_rows: int |
     """Measure `reembed run` here, in a scratch database (dropped afterwards) against the local Gemini
     emulator: (a) rows/s with an HNSW index on the original column, page-striped vs primary-key
     order vs no index, with the HOT share; (b) texts/min achieved under a quota, and 429s;
-    (c) peak memory of the run process at two table sizes; (d) the copy and column strategies
-    on identical tables (at --small-rows and --rows, or --strategy-rows): rows/s end to end,
-    index time, cutover and rollback lock times."""
+    (c) peak memory of the run process at two table sizes; (d) how long cutover and rollback hold
+    the table's lock; (e) the copy and column strategies on identical tables (at --small-rows and
+    --rows, or --strategy-rows): rows/s end to end, index time, cutover and rollback lock times."""
     from toolkit.bench import BenchOptions, render
     from toolkit.bench import bench as run_bench
 

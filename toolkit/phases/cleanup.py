@@ -52,11 +52,17 @@ def preview(conn: psycopg.Connection, plan: Plan, record: PlanRecord, action: st
     (check_cleanup if action == "cleanup" else check_abandon)(record, plan)
     places = strategy_for(plan).places(plan, record.phase)
     place = places.old if action == "cleanup" else places.new
-    existing = _existing(conn, plan, record, place.column, place.index_names)
-    if existing["column"]:
-        model = plan.source if action == "cleanup" else plan.target
-        out.drops.append(f"column {place.display} (the {model} vectors)")
-    out.drops += [f"index {plan.table_schema}.{name}" for name in existing["indexes"]]
+    model = plan.source if action == "cleanup" else plan.target
+    if place.table != plan.table_name:  # the vectors have a table of their own (copy strategy): it goes whole
+        table = sql.Identifier(place.schema, place.table).as_string(conn)
+        if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0]:  # type: ignore[index]
+            out.drops.append(f"table {place.schema}.{place.table} (the {model} vectors, with every index on it)")
+        existing = _existing(conn, plan, record, "", [])
+    else:
+        existing = _existing(conn, plan, record, place.column, place.index_names)
+        if existing["column"]:
+            out.drops.append(f"column {place.display} (the {model} vectors)")
+        out.drops += [f"index {plan.table_schema}.{name}" for name in existing["indexes"]]
     if existing["tracking"]:
         out.drops.append(f"the change tracking (trigger {existing['tracking']} and its function)")
     return out
@@ -71,10 +77,12 @@ def _existing(conn: psycopg.Connection, plan: Plan, record: PlanRecord, column: 
                               "AND NOT attisdropped", (table, column)).fetchone() is not None
     present = [name for name in indexes if conn.execute(
         "SELECT to_regclass(%s)", (sql.Identifier(plan.table_schema, name).as_string(conn),)).fetchone()[0]]
+    # The tracking trigger, or the copy strategy's propagation (named after it, `_back` once swapped).
     trigger = tracking_names(record.id).trigger
     tracked = conn.execute(
-        "SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s", (table, trigger)).fetchone()
-    return {"column": has_column, "indexes": present, "tracking": trigger if tracked else None}
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname IN (%s, %s || '_back') "
+        "ORDER BY 1 LIMIT 1", (table, trigger, trigger)).fetchone()
+    return {"column": has_column, "indexes": present, "tracking": tracked[0] if tracked else None}
 
 
 def planned_sql(plan: Plan, plan_id: int | None = None) -> list[sql.Composable]:

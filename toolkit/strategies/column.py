@@ -408,7 +408,7 @@ def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: s
     oid = dependents.table_oid(conn, plan.table)
     exists = swap.column_state(conn, oid, column) is not None
     result = DropResult(phase=phase, column=column, column_existed=exists, index=indexes[0] if indexes else None,
-                        indexes=list(indexes), what="column")
+                        what="column")
     if exists:
         blockers = _bound_elsewhere(conn, oid, column, plan.table_schema, set(indexes))
         if blockers:

@@ -217,7 +217,7 @@ class CopyStrategy:
                     retries: int) -> list[str]:
         return table_swap.finish(conn, plan, record, lock_timeout_ms=lock_timeout_ms, retries=retries)
 
-    def swap_sql(self, plan: Plan, direction: str) -> list[sql.Composable]:
+    def swap_sql(self, plan: Plan, direction: str, conn: psycopg.Connection | None = None) -> list[sql.Composable]:
         return table_swap.statements(plan, direction)
 
     # -- cleanup / abandon ------------------------------------------------------------------
@@ -229,9 +229,10 @@ class CopyStrategy:
                 retries: int) -> DropResult:
         return _drop_table(conn, plan, record, _copy_ident(plan), "abandoned", lock_timeout_ms, retries)
 
-    def cleanup_sql(self, plan: Plan) -> list[sql.Composable]:
-        return [sql.SQL("-- drop the change propagation triggers and functions (both directions)"),
-                template("copy_drop_table", table=_old_ident(plan))]
+    def cleanup_sql(self, plan: Plan, plan_id: int = 0) -> list[sql.Composable]:
+        # After cutover the propagation runs back, from the application's table to the old one.
+        return (propagation.remove(plan_id, "back", plan.table) + propagation.remove(plan_id, "forward", None)
+                + [template("copy_drop_table", table=_old_ident(plan))])
 
 
 def _spec(plan: Plan) -> CopySpec:
