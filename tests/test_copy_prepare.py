@@ -49,6 +49,15 @@ def test_plan_refuses_what_the_copy_cannot_carry(conn, run_cli) -> None:  # type
     result = run_cli("plan", "taken", "--column", "embedding", "--text", "content", "--offline", "--strategy", "copy",
                      "--name", "t2")
     assert result.exit_code == 2 and "publication everything publishes every table" in result.stderr
+    conn.execute("DROP PUBLICATION everything")
+    # A rule of another table that writes this one binds to it by OID and is no view: named at plan.
+    conn.execute("CREATE TABLE audit (id int, content text)")
+    conn.execute("CREATE RULE audit_to_taken AS ON INSERT TO audit DO ALSO INSERT INTO taken (id, content) "
+                 "VALUES (NEW.id, NEW.content)")
+    conn.execute("DROP TABLE taken__gemini_embedding_001")
+    result = run_cli("plan", "taken", "--column", "embedding", "--text", "content", "--offline", "--strategy", "copy",
+                     "--name", "t3")
+    assert result.exit_code == 2 and "rule audit_to_taken on audit depend(s) on it" in result.stderr, result.stderr
 
 
 def test_run_fills_an_exact_copy_and_leaves_the_application_table_untouched(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
@@ -121,7 +130,7 @@ def test_abandon_drops_the_copy_and_the_propagation(conn, run_cli, gemini) -> No
     create_app_table(conn, 30)
     plan_copy(run_cli)
     assert run_cli("run", PLAN, "--no-progress").exit_code == 0
-    result = run_cli("abandon", PLAN, "--json")
+    result = run_cli("abandon", PLAN, "--yes", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["what"] == "table" and report["column_bytes"] > 0

@@ -65,6 +65,9 @@ class CopyStrategy:
                              old_table=bounded_identifier(info.name, "old_" + source_tag),
                              indexes=carried_indexes(conn, info.oid, tag, source_tag))
         problems = refusals(conn, info.oid, plan.copy.table, plan.copy.old_table, info.schema)
+        # What binds to the table and the swap could not re-create is named now, not at cutover.
+        problems += [f"{what} depend(s) on it and the swap cannot carry them to the copy"
+                     for what in table_swap.capture(conn, info.oid).unsupported]
         if problems:
             raise BadInput(f"the copy strategy cannot carry {info.qualified}: {'; '.join(problems)} "
                            "(plan --strategy column to re-embed in place)")

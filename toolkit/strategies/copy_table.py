@@ -134,6 +134,14 @@ def refusals(conn: psycopg.Connection, oid: int, copy_table: str, old_table: str
                    FROM pg_depend d JOIN pg_type t ON t.oid = d.refobjid
                    WHERE d.refclassid = 'pg_type'::regclass AND d.refobjid = %s AND d.deptype = 'n'
                      AND NOT (d.classid = 'pg_type'::regclass)""", (rowtype,))]
+    out += [f"it is the target of subscription {name}: its apply worker writes the table by OID and would go on "
+            "writing the table moved aside, past reembed's propagation" for (name,) in conn.execute(
+                "SELECT s.subname FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid "
+                "WHERE r.srrelid = %s ORDER BY 1", (oid,))]
+    out += [f"it has a security label of provider {provider}: reembed cannot carry labels to the copy"
+            for (provider,) in conn.execute(
+                "SELECT DISTINCT provider FROM pg_seclabel WHERE classoid = 'pg_class'::regclass AND objoid = %s "
+                "ORDER BY 1", (oid,))]
     out += [f"publication {name} publishes {what}: the copy would be published too and its subscribers would "
             "stop on a table they do not have" for name, what in conn.execute(
                 """SELECT p.pubname, 'every table' FROM pg_publication p WHERE p.puballtables

@@ -217,7 +217,15 @@ def _capture_readers(conn: psycopg.Connection, oid: int, found: Bindings) -> Non
             """SELECT DISTINCT d.classid::regclass::text, d.objid FROM pg_depend d
                WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = %s AND d.deptype IN ('n', 'a')""", (oid,)):
         by_class.setdefault(classname, []).append(objid)
-    found.views = dependents.capture_views(conn, oid, by_class.pop("pg_rewrite", []))
+    rewrites = by_class.pop("pg_rewrite", [])
+    # A rule of another table that writes or reads this one (CREATE RULE ... DO ALSO INSERT INTO it)
+    # binds by OID like a view but is no view: it cannot be re-created as one.
+    rules = conn.execute(
+        """SELECT r.oid, r.rulename, r.ev_class::regclass::text FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
+           WHERE r.oid = ANY (%s) AND r.ev_class <> %s AND c.relkind NOT IN ('v', 'm') ORDER BY 3, 2""",
+        (rewrites, oid)).fetchall()
+    found.unsupported += [f"rule {rule} on {relation}" for _, rule, relation in rules]
+    found.views = dependents.capture_views(conn, oid, [r for r in rewrites if r not in {row[0] for row in rules}])
     found.functions = [{"name": r[0], "definition": r[1]} for r in conn.execute(
         "SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid) FROM pg_proc p WHERE p.oid = ANY (%s) "
         "ORDER BY p.oid", (by_class.pop("pg_proc", []),))]
