@@ -23,7 +23,7 @@ def test_plan_names_the_copy_and_every_index_to_carry(conn, run_cli, tmp_path) -
     assert result.exit_code == 0, result.output
     assert "strategy: copy" in result.output and f"create public.{COPY}" in result.output
     assert 'CREATE TABLE "public"."docs__gemini_embedding_001" (LIKE "public"."docs"' in result.output
-    assert 'CREATE INDEX CONCURRENTLY "docs_title_idx__gemini_embedding_001"' in result.output
+    assert 'CREATE INDEX CONCURRENTLY "gemini_embedding_001__docs_title_idx"' in result.output
     assert 'ALTER TABLE "public"."docs" RENAME TO "docs__old_nomic_embed_text"' in result.output
     assert 'DROP TABLE "public"."docs__old_nomic_embed_text"' in result.output
     from toolkit.plan import load

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from toolkit.indexes import CarriedIndex, bounded_identifier
+from toolkit.indexes import CarriedIndex, prefixed_identifier
 from toolkit.plan import Plan
 
 _LIKE = ("INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING IDENTITY INCLUDING STORAGE INCLUDING COMPRESSION "
@@ -84,8 +84,10 @@ def carried_indexes(conn: psycopg.Connection, oid: int, tag: str, source_tag: st
         body = index_body(definition, head, relation)
         if body is None or contype == "x":
             continue  # refused at plan (refusals): never silently dropped
-        out.append(CarriedIndex(original_name=name, shadow_name=bounded_identifier(name, tag),
-                                old_name=bounded_identifier(name, "old_" + source_tag), body=body, unique=unique,
+        # The vector indexes' rule (toolkit.indexes) for every index: `<tag>__<original>`, so the
+        # names match the plan's and none begins with the original's.
+        out.append(CarriedIndex(original_name=name, shadow_name=prefixed_identifier(tag, name),
+                                old_name=prefixed_identifier("old_" + source_tag, name), body=body, unique=unique,
                                 constraint=contype,
                                 deferrable=("DEFERRABLE INITIALLY DEFERRED" if deferred else
                                             "DEFERRABLE" if deferrable else "")))
