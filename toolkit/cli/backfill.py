@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from toolkit import render
@@ -11,6 +13,7 @@ from toolkit.phases.backfill import DEFAULT_BATCH_SIZE, DEFAULT_LEASE_SECONDS, R
 from toolkit.phases.backfill import run as run_backfill
 from toolkit.errors import BadInput
 from toolkit.providers.models import BATCH_JOB_ROWS
+from toolkit.strategies import STRATEGIES
 
 
 @cli.command()
@@ -98,6 +101,18 @@ def _summary_text(s: RunSummary) -> str:
     return "\n".join(lines)
 
 
+def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        sizes = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of row counts") from None
+    if not sizes or min(sizes) < 100:
+        raise click.BadParameter("every size must be at least 100 rows")
+    return sizes
+
+
 @cli.command()
 @click.option("--rows", type=click.IntRange(min=100), default=5000, show_default=True,
               help="Rows of each write-speed table (use 20000 or 100000 for the README figures).")
@@ -112,20 +127,44 @@ def _summary_text(s: RunSummary) -> str:
               help="Emulator latency for (b).")
 @click.option("--adaptive", is_flag=True, help="Also run (b) without --rpm: the quota found from 429s alone.")
 @click.option("--skip-pk-order", is_flag=True, help="Skip the slow primary-key-order floor.")
+@click.option("--strategy", "strategies", multiple=True, type=click.Choice(STRATEGIES),
+              help="Strategies to measure (repeat the option; default: every one).")
+@click.option("--lifecycle", "sizes", metavar="ROWS,ROWS,...", callback=_sizes,
+              help="Instead: the whole migration (ledger seed, run, index, verify, cutover) at each size, e.g. "
+                   "20000,100000,1000000: rows/s, the server's CPU per row, peak RSS, index and verify time, lock.")
+@click.option("--keep-templates", is_flag=True,
+              help="--lifecycle: keep each size's loaded table (a template database) for the next bench.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="--lifecycle: write the figures so far to this JSON file after every phase.")
 @dsn_option
 @json_option
 @handle_errors
 def bench(rows: int, small_rows: int, hnsw_m: int, quota: int, quota_rows: int | None, latency_ms: int,
-          adaptive: bool, skip_pk_order: bool, dsn: str | None, as_json: bool) -> None:
+          adaptive: bool, skip_pk_order: bool, strategies: tuple[str, ...], sizes: tuple[int, ...] | None,
+          keep_templates: bool, out: Path | None, dsn: str | None, as_json: bool) -> None:
     """Measure `reembed run` here, in a scratch database (dropped afterwards) against the local Gemini
-    emulator: (a) rows/s with an HNSW index on the original column, page-striped vs primary-key
-    order vs no index, with the HOT share; (b) texts/min achieved under a quota, and 429s;
-    (c) peak memory of the run process at two table sizes; (d) how long cutover and rollback hold
-    the table's lock."""
+    emulator, for each strategy: end-to-end rows/s beside its two floors (the same database writes
+    alone, the same provider calls alone) and their ratio; for the column strategy, page-striped vs
+    primary-key order vs no index with the HOT share; texts/min achieved under a quota, and 429s;
+    peak memory of the run process at two table sizes; the lock held by cutover and rollback.
+    With --lifecycle, whole migrations at several sizes instead."""
+
+    chosen = strategies or STRATEGIES
+    if sizes is not None:
+        from toolkit.bench.lifecycle import LifecycleOptions, lifecycle
+        from toolkit.bench.lifecycle import render as render_lifecycle
+
+        options = LifecycleOptions(sizes=sizes, strategies=tuple(chosen), hnsw_m=hnsw_m,
+                                   keep_templates=keep_templates, out=out)
+        with connected(dsn) as (db, _conn):
+            figures = lifecycle(db, options, say=lambda line: click.echo(line, err=True))
+        echo_json(figures.to_json()) if as_json else click.echo(render_lifecycle(figures))
+        return
     from toolkit.bench import BenchOptions, render
     from toolkit.bench import bench as run_bench
     options = BenchOptions(rows=rows, small_rows=small_rows, hnsw_m=hnsw_m, quota=quota, quota_rows=quota_rows,
-                           latency_ms=latency_ms, adaptive=adaptive, skip_pk_order=skip_pk_order)
+                           latency_ms=latency_ms, adaptive=adaptive, skip_pk_order=skip_pk_order,
+                           strategies=tuple(chosen))
     with connected(dsn) as (db, _conn):
         result = run_bench(db, options, say=lambda line: click.echo(line, err=True))
     echo_json(result.to_json()) if as_json else click.echo(render(result))
