@@ -29,6 +29,9 @@ from toolkit.strategies import STRATEGIES
                    "quotas reset): the run stops there, saying when it resets.")
 @click.option("--max-rows-per-second", type=click.FloatRange(min=0, min_open=True),
               help="Throttle writes to the table (all workers together).")
+@click.option("--max-replica-lag", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Pause writing while any standby in pg_stat_replication replays further behind than this (the "
+                   "progress display says which); needs pg_monitor or superuser.")
 @click.option("--lease-seconds", type=click.FloatRange(min=1), default=DEFAULT_LEASE_SECONDS, show_default=True,
               help="How long a claimed batch stays reserved; a crashed holder's rows are taken over after it.")
 @click.option("--rollback-fill", "fill_old", is_flag=True,
@@ -50,7 +53,8 @@ from toolkit.strategies import STRATEGIES
 @json_option
 @handle_errors
 def run(plan_ref: str, batch_size: int, concurrency: int, workers: int, rpm: int | None, tpm: int | None,
-        rpd: int | None, max_rows_per_second: float | None, lease_seconds: float, fill_old: bool, batch_api: bool,
+        rpd: int | None, max_rows_per_second: float | None, max_replica_lag: float | None, lease_seconds: float,
+        fill_old: bool, batch_api: bool,
         batch_job_rows: int, batch_poll_seconds: float, batch_inline_limit_bytes: int | None, no_progress: bool,
         dsn: str | None, as_json: bool) -> None:
     """Fill the new-model column of PLAN (its name or plan file), preparing it first when needed:
@@ -63,7 +67,8 @@ def run(plan_ref: str, batch_size: int, concurrency: int, workers: int, rpm: int
     `reembed run` on several machines share the work. Exit 0 when nothing is left pending.
     """
     options = RunOptions(batch_size=batch_size, concurrency=concurrency, workers=workers, rpm=rpm, tpm=tpm, rpd=rpd,
-                         max_rows_per_second=max_rows_per_second, lease_seconds=lease_seconds,
+                         max_rows_per_second=max_rows_per_second, max_replica_lag=max_replica_lag,
+                         lease_seconds=lease_seconds,
                          progress=not no_progress)
     if batch_api and fill_old:
         raise BadInput("--batch-api and --rollback-fill do not go together")
@@ -95,6 +100,9 @@ def _summary_text(s: RunSummary) -> str:
         f"  table: {p.rows_embedded} of {p.rows_total} rows embedded, {p.rows_skipped} skipped, "
         f"{p.rows_pending} pending",
     ]
+    if c.replica_pauses:
+        lines.append(f"  writing paused {c.replica_pauses} times ({c.replica_paused_seconds:.0f}s) for standbys behind "
+                     "--max-replica-lag")
     if p.rows_pending:
         lines.append(f"  {p.rows_pending} rows still pending (changed by the application during the run, or held "
                      "by other processes); run again, or let cutover catch them up")

@@ -24,6 +24,7 @@ from toolkit.db import Database
 from toolkit.errors import MalformedResponse
 from toolkit.phases import ledger
 from toolkit.phases.backfill.options import Counters, RunOptions, Throttle
+from toolkit.phases.backfill.replicas import ReplicaGate
 from toolkit.phases.writer import EMPTY_TEXT, BatchWriter, Claim, Claimed, SourceRow, check_vectors
 from toolkit.plan import Plan
 from toolkit.providers.base import EmbedBatch, Embedder
@@ -59,6 +60,7 @@ class Worker:
 
     def __init__(self, db: Database, plan: Plan, record: PlanRecord, options: RunOptions, embedder: Embedder,
                  owner: str, *, on_rows: Callable[[Counters], None] | None = None,
+                 on_pause: Callable[[str | None], None] | None = None,
                  stop: threading.Event | None = None) -> None:
         self.db, self.plan, self.record, self.options = db, plan, record, options
         self.embedder, self.owner = embedder, owner
@@ -71,6 +73,8 @@ class Worker:
         self._parent = os.getppid()
         self._claimed: list[Claimed] = []  # batches claimed along with a write, not yet embedded
         self._inflight: dict[Future[EmbedBatch], Batch] = {}
+        self.replicas = (ReplicaGate(options.max_replica_lag, record.id, record.phase, on_pause)
+                         if options.max_replica_lag else None)
 
     def run(self) -> Counters:
         conn = self.db.connect()
@@ -197,6 +201,7 @@ class Worker:
             self.counters.provider_retries += result.retries
             self.counters.truncated += result.truncated
         self.throttle.wait(len(vectors))
+        self._hold_for_replicas(writer.conn, batch)
         began = time.monotonic()
         then = self._claim() if claim_next else None
         outcome, claimed = write_with_retry(lambda: writer.write_then_claim(batch.rows, vectors, skipped, then))
@@ -207,6 +212,22 @@ class Worker:
         self.counters.add(step)
         if self.on_rows:
             self.on_rows(step)
+
+
+    def _hold_for_replicas(self, conn: psycopg.Connection, batch: Batch) -> None:
+        """With --max-replica-lag: write nothing while a standby is too far behind. The leases of
+        every batch held meanwhile (embedding, embedded, claimed, this one) are renewed."""
+        if self.replicas is None:
+            return
+
+        def renew() -> None:
+            held = batch.keys + [k for b in self._inflight.values() for k in b.keys]
+            held += [r.key for c in self._claimed for r in c.rows]
+            ledger.renew(conn, self.record.id, self.owner, held, self.options.lease_seconds)
+
+        if self.replicas.hold(conn, renew=renew, renew_every=self.options.lease_seconds / 3, stop=self.stop):
+            self.counters.replica_pauses = self.replicas.pauses
+            self.counters.replica_paused_seconds = self.replicas.paused_seconds
 
 
 def tune_session(conn: psycopg.Connection) -> None:
