@@ -143,7 +143,7 @@ class Worker:
                             ledger.release(conn, self.record.id, self.owner, batch.keys)
                         raise
                 if time.monotonic() - last_renew > self.options.lease_seconds / 3:
-                    held = [k for b in inflight.values() for k in b.keys]
+                    held = [k for b in inflight.values() for k in b.keys] + self._claimed_keys()
                     ledger.renew(conn, self.record.id, self.owner, held, self.options.lease_seconds)
                     last_renew = time.monotonic()
                 if os.getppid() != self._parent:  # our parent `reembed run --workers` died: stop cleanly
@@ -154,8 +154,7 @@ class Worker:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
             try:
-                held = [k for b in inflight.values() for k in b.keys]
-                held += [r.key for c in self._claimed for r in c.rows] + [k for c in self._claimed for k in c.gone]
+                held = [k for b in inflight.values() for k in b.keys] + self._claimed_keys()
                 if held and not conn.closed:
                     ledger.release(conn, self.record.id, self.owner, held)
             except psycopg.Error:
@@ -178,6 +177,10 @@ class Worker:
             send = [i for i, r in enumerate(rows) if not r.empty]
             skipped = {i: EMPTY_TEXT for i, r in enumerate(rows) if r.empty}
             return Batch(keys=[r.key for r in rows], rows=rows, send=send, skipped=skipped)
+
+    def _claimed_keys(self) -> list[ledger.Key]:
+        """The keys of the batches claimed ahead (by a write's round trip), not embedding yet."""
+        return [r.key for c in self._claimed for r in c.rows] + [k for c in self._claimed for k in c.gone]
 
     def _claim(self) -> Claim:
         return Claim(self.options.batch_size, self.options.lease_seconds, self.sweep_began)
@@ -221,8 +224,7 @@ class Worker:
             return
 
         def renew() -> None:
-            held = batch.keys + [k for b in self._inflight.values() for k in b.keys]
-            held += [r.key for c in self._claimed for r in c.rows]
+            held = batch.keys + [k for b in self._inflight.values() for k in b.keys] + self._claimed_keys()
             ledger.renew(conn, self.record.id, self.owner, held, self.options.lease_seconds)
 
         if self.replicas.hold(conn, renew=renew, renew_every=self.options.lease_seconds / 3, stop=self.stop):
