@@ -57,3 +57,21 @@ def test_bench_rejects_nonsense_sizes(run_cli) -> None:  # type: ignore[no-untyp
     assert run_cli("bench", "--rows", "5").exit_code == 2
     assert run_cli("bench", "--lifecycle", "20000,abc").exit_code == 2
     assert run_cli("bench", "--lifecycle", "50").exit_code == 2
+
+
+def test_lifecycle_reports_every_phase(run_cli, conn) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("bench", "--lifecycle", "300", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [(f["strategy"], f["rows"]) for f in report["figures"]] == [(s, 300) for s in STRATEGIES]
+    for figure in report["figures"]:
+        assert figure["seed_seconds"] > 0 and figure["run_rows_per_second"] > 0 and figure["run_peak_rss_mb"] > 0
+        assert figure["index_seconds"] > 0 and figure["verify_seconds"] > 0
+        assert figure["cutover_lock_ms"] is not None and figure["cutover_lock_ms"] > 0
+        # The embedded server runs here: its CPU and its WAL are read, per migrated row.
+        assert figure["server_cpu_ms_per_row"] > 0
+        assert figure["run_per_row"]["wal_bytes"] > 3072  # at least the new vector itself
+    assert "shared_buffers" in report["settings"]
+    # The clones and the size's template are gone (--keep-templates keeps the template).
+    names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'reembed_soak_%'")]
+    assert names == []

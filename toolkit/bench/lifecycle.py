@@ -30,9 +30,13 @@ from typing import Any, Callable
 import psycopg
 
 from toolkit.bench import child_env, tables
-from toolkit.bench.server import ServerCpu
+from toolkit.bench.server import ServerCpu, activity
 from toolkit.db import Database
 
+
+
+SETTINGS = ("shared_buffers", "max_wal_size", "checkpoint_timeout", "full_page_writes", "wal_compression",
+            "maintenance_work_mem", "autovacuum")
 
 
 @dataclass
@@ -59,6 +63,11 @@ class LifecycleFigure:
     verify_failed_checks: list[str] = field(default_factory=list)
     cutover_lock_ms: float | None = None
     cutover_forced: bool = False
+    # Why the server's CPU per row moves (over `reembed run`): WAL, full-page images, buffers,
+    # index block accesses, per migrated row; the application table's HOT share; checkpoints.
+    run_per_row: dict[str, float] = field(default_factory=dict)
+    run_hot_share: float | None = None
+    run_checkpoints: int = 0
     phases: dict[str, PhaseFigure] = field(default_factory=dict)
 
 
@@ -78,6 +87,7 @@ class LifecycleOptions:
 class LifecycleResult:
     figures: list[LifecycleFigure] = field(default_factory=list)
     templates: dict[str, dict[str, float]] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)  # the server's, where per-row costs depend on them
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,6 +167,7 @@ def migrate(admin: psycopg.Connection, admin_dsn: str, rows: int, strategy: str,
         saved(figure)
 
         say(f"[{rows} {strategy}] reembed run")
+        before = activity(conn, settle=0.0)
         cpu = ServerCpu(conn).start()
         phase, summary, err = _phase(env, "run", name, "--no-progress", "--batch-size", str(options.batch_size),
                                      "--concurrency", str(options.concurrency))
@@ -170,8 +181,13 @@ def migrate(admin: psycopg.Connection, admin_dsn: str, rows: int, strategy: str,
         figure.run_peak_rss_mb = summary["peak_rss_mb"]
         if phase.server_cpu_seconds is not None and written:
             figure.server_cpu_ms_per_row = round(1000 * phase.server_cpu_seconds / written, 4)
+        spent = activity(conn).minus(before)
+        figure.run_per_row, figure.run_checkpoints = spent.per_row(written), spent.checkpoints
+        updated, hot, _ = spent.updates.get(f"public.{tables.TABLE}", [0, 0, 0])
+        figure.run_hot_share = round(hot / updated, 3) if updated else None
         saved(figure)
-        say(f"    {figure.run_rows_per_second:.0f} rows/s, server CPU {figure.server_cpu_ms_per_row} ms/row")
+        say(f"    {figure.run_rows_per_second:.0f} rows/s, server CPU {figure.server_cpu_ms_per_row} ms/row, "
+            f"HOT {figure.run_hot_share}, per row {figure.run_per_row}, {figure.run_checkpoints} checkpoints")
 
         say(f"[{rows} {strategy}] reembed index")
         cpu = ServerCpu(conn).start()
@@ -229,6 +245,9 @@ def lifecycle(db: Database, options: LifecycleOptions, say: Callable[[str], None
             options.out.write_text(json.dumps(result.to_json(), indent=2, default=str))
 
     try:
+        result.settings = {name: value for name, value in admin.execute(
+            "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s) ORDER BY name",
+            (list(SETTINGS),))}
         for rows in options.sizes:
             result.templates[str(rows)] = build_template(admin, admin_dsn, rows, options, say)
             for strategy in options.strategies:
@@ -250,14 +269,17 @@ def lifecycle(db: Database, options: LifecycleOptions, say: Callable[[str], None
 
 
 def render(result: LifecycleResult) -> str:
+    settings = ", ".join(f"{k}={v}" for k, v in result.settings.items())
     lines = ["reembed bench --lifecycle: embedded PostgreSQL, zero-latency emulators (real clients over HTTP), "
-             "each phase its own process", "",
+             "each phase its own process", f"server: {settings}", "",
              f"{'strategy':<8} {'rows':>8} {'seed s':>7} {'rows/s':>7} {'srv ms/row':>10} {'RSS MB':>7} "
-             f"{'index s':>8} {'verify s':>8} {'lock ms':>8}  verify"]
+             f"{'index s':>8} {'verify s':>8} {'lock ms':>8} {'HOT':>5} {'WAL B/row':>9} {'FPI/row':>7}  verify"]
     for f in result.figures:
         cpu = f"{f.server_cpu_ms_per_row:.3f}" if f.server_cpu_ms_per_row is not None else "n/a"
         lock = f"{f.cutover_lock_ms:.1f}" if f.cutover_lock_ms is not None else "n/a"
+        hot = f"{f.run_hot_share:.0%}" if f.run_hot_share is not None else "-"
         verdict = "passed" if f.verify_passed else "failed: " + ", ".join(f.verify_failed_checks)
         lines.append(f"{f.strategy:<8} {f.rows:>8} {f.seed_seconds:>7.1f} {f.run_rows_per_second:>7.0f} {cpu:>10} "
-                     f"{f.run_peak_rss_mb:>7.0f} {f.index_seconds:>8.1f} {f.verify_seconds:>8.1f} {lock:>8}  {verdict}")
+                     f"{f.run_peak_rss_mb:>7.0f} {f.index_seconds:>8.1f} {f.verify_seconds:>8.1f} {lock:>8} {hot:>5} "
+                     f"{f.run_per_row.get('wal_bytes', 0):>9.0f} {f.run_per_row.get('wal_fpi', 0):>7.3f}  {verdict}")
     return "\n".join(lines)
