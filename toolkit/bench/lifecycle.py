@@ -240,7 +240,8 @@ def lifecycle(db: Database, options: LifecycleOptions, say: Callable[[str], None
     ollama = start_ollama()
     env = child_env(admin_dsn, gemini.base_url, ollama.base_url)
 
-    def saved(_figure: LifecycleFigure) -> None:
+    def saved(figure: LifecycleFigure) -> None:
+        result.figures[-1] = figure  # the one being measured, as far as it got
         if options.out is not None:
             options.out.write_text(json.dumps(result.to_json(), indent=2, default=str))
 
