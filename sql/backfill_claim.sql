@@ -16,4 +16,4 @@ WHERE l.plan_id = {plan_id} AND l.pk IN (
     LIMIT {limit}
     FOR UPDATE SKIP LOCKED
 )
-RETURNING l.pk
+RETURNING l.pk, l.seq

@@ -29,6 +29,14 @@ class LineProgress:
     def set_postfix_str(self, text: str, refresh: bool = True) -> None:
         self._postfix = text
 
+    def set_description_str(self, desc: str, refresh: bool = True) -> None:
+        """A new state (the part before a colon: "paused", "re-embedding") is written at once, so
+        a log says when work stopped and started again; the same state's new details wait for the next line."""
+        new_state = desc.split(":", 1)[0] != self.desc.split(":", 1)[0]
+        self.desc = desc
+        if refresh and new_state:
+            self._write()
+
     def reset(self, total: int | None = None) -> None:
         if total is not None:
             self.total = total

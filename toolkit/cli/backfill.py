@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from toolkit import render
@@ -11,6 +13,7 @@ from toolkit.phases.backfill import DEFAULT_BATCH_SIZE, DEFAULT_LEASE_SECONDS, R
 from toolkit.phases.backfill import run as run_backfill
 from toolkit.errors import BadInput
 from toolkit.providers.models import BATCH_JOB_ROWS
+from toolkit.strategies import STRATEGIES
 
 
 @cli.command()
@@ -26,6 +29,9 @@ from toolkit.providers.models import BATCH_JOB_ROWS
                    "quotas reset): the run stops there, saying when it resets.")
 @click.option("--max-rows-per-second", type=click.FloatRange(min=0, min_open=True),
               help="Throttle writes to the table (all workers together).")
+@click.option("--max-replica-lag", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Pause writing while any standby in pg_stat_replication replays further behind than this (the "
+                   "progress display says which); needs pg_monitor or superuser.")
 @click.option("--lease-seconds", type=click.FloatRange(min=1), default=DEFAULT_LEASE_SECONDS, show_default=True,
               help="How long a claimed batch stays reserved; a crashed holder's rows are taken over after it.")
 @click.option("--rollback-fill", "fill_old", is_flag=True,
@@ -47,7 +53,8 @@ from toolkit.providers.models import BATCH_JOB_ROWS
 @json_option
 @handle_errors
 def run(plan_ref: str, batch_size: int, concurrency: int, workers: int, rpm: int | None, tpm: int | None,
-        rpd: int | None, max_rows_per_second: float | None, lease_seconds: float, fill_old: bool, batch_api: bool,
+        rpd: int | None, max_rows_per_second: float | None, max_replica_lag: float | None, lease_seconds: float,
+        fill_old: bool, batch_api: bool,
         batch_job_rows: int, batch_poll_seconds: float, batch_inline_limit_bytes: int | None, no_progress: bool,
         dsn: str | None, as_json: bool) -> None:
     """Fill the new-model column of PLAN (its name or plan file), preparing it first when needed:
@@ -60,7 +67,8 @@ def run(plan_ref: str, batch_size: int, concurrency: int, workers: int, rpm: int
     `reembed run` on several machines share the work. Exit 0 when nothing is left pending.
     """
     options = RunOptions(batch_size=batch_size, concurrency=concurrency, workers=workers, rpm=rpm, tpm=tpm, rpd=rpd,
-                         max_rows_per_second=max_rows_per_second, lease_seconds=lease_seconds,
+                         max_rows_per_second=max_rows_per_second, max_replica_lag=max_replica_lag,
+                         lease_seconds=lease_seconds,
                          progress=not no_progress)
     if batch_api and fill_old:
         raise BadInput("--batch-api and --rollback-fill do not go together")
@@ -92,10 +100,25 @@ def _summary_text(s: RunSummary) -> str:
         f"  table: {p.rows_embedded} of {p.rows_total} rows embedded, {p.rows_skipped} skipped, "
         f"{p.rows_pending} pending",
     ]
+    if c.replica_pauses:
+        lines.append(f"  writing paused {c.replica_pauses} times ({c.replica_paused_seconds:.0f}s) for standbys behind "
+                     "--max-replica-lag")
     if p.rows_pending:
         lines.append(f"  {p.rows_pending} rows still pending (changed by the application during the run, or held "
                      "by other processes); run again, or let cutover catch them up")
     return "\n".join(lines)
+
+
+def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        sizes = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of row counts") from None
+    if not sizes or min(sizes) < 100:
+        raise click.BadParameter("every size must be at least 100 rows")
+    return sizes
 
 
 @cli.command()
@@ -112,28 +135,44 @@ def _summary_text(s: RunSummary) -> str:
               help="Emulator latency for (b).")
 @click.option("--adaptive", is_flag=True, help="Also run (b) without --rpm: the quota found from 429s alone.")
 @click.option("--skip-pk-order", is_flag=True, help="Skip the slow primary-key-order floor.")
-@click.option("--skip-strategies", is_flag=True,
-              help="Skip (e), the copy and column strategies' whole migrations.")
-@click.option("--strategy-rows", type=click.IntRange(min=10), multiple=True, metavar="N",
-              help="Table sizes of (e) (repeatable). Default: --small-rows and --rows.")
+@click.option("--strategy", "strategies", multiple=True, type=click.Choice(STRATEGIES),
+              help="Strategies to measure (repeat the option; default: every one).")
+@click.option("--lifecycle", "sizes", metavar="ROWS,ROWS,...", callback=_sizes,
+              help="Instead: the whole migration (ledger seed, run, index, verify, cutover) at each size, e.g. "
+                   "20000,100000,1000000: rows/s, the server's CPU per row, peak RSS, index and verify time, lock.")
+@click.option("--keep-templates", is_flag=True,
+              help="--lifecycle: keep each size's loaded table (a template database) for the next bench.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="--lifecycle: write the figures so far to this JSON file after every phase.")
 @dsn_option
 @json_option
 @handle_errors
 def bench(rows: int, small_rows: int, hnsw_m: int, quota: int, quota_rows: int | None, latency_ms: int,
-          adaptive: bool, skip_pk_order: bool, skip_strategies: bool, strategy_rows: tuple[int, ...],
-          dsn: str | None, as_json: bool) -> None:
+          adaptive: bool, skip_pk_order: bool, strategies: tuple[str, ...], sizes: tuple[int, ...] | None,
+          keep_templates: bool, out: Path | None, dsn: str | None, as_json: bool) -> None:
     """Measure `reembed run` here, in a scratch database (dropped afterwards) against the local Gemini
-    emulator: (a) rows/s with an HNSW index on the original column, page-striped vs primary-key
-    order vs no index, with the HOT share; (b) texts/min achieved under a quota, and 429s;
-    (c) peak memory of the run process at two table sizes; (d) how long cutover and rollback hold
-    the table's lock; (e) the copy and column strategies on identical tables (at --small-rows and
-    --rows, or --strategy-rows): rows/s end to end, index time, cutover and rollback lock times."""
+    emulator, for each strategy: end-to-end rows/s beside its two floors (the same database writes
+    alone, the same provider calls alone) and their ratio; for the column strategy, page-striped vs
+    primary-key order vs no index with the HOT share; texts/min achieved under a quota, and 429s;
+    peak memory of the run process at two table sizes; the lock held by cutover and rollback.
+    With --lifecycle, whole migrations at several sizes instead."""
+
+    chosen = strategies or STRATEGIES
+    if sizes is not None:
+        from toolkit.bench.lifecycle import LifecycleOptions, lifecycle
+        from toolkit.bench.lifecycle import render as render_lifecycle
+
+        options = LifecycleOptions(sizes=sizes, strategies=tuple(chosen), hnsw_m=hnsw_m,
+                                   keep_templates=keep_templates, out=out)
+        with connected(dsn) as (db, _conn):
+            figures = lifecycle(db, options, say=lambda line: click.echo(line, err=True))
+        echo_json(figures.to_json()) if as_json else click.echo(render_lifecycle(figures))
+        return
     from toolkit.bench import BenchOptions, render
     from toolkit.bench import bench as run_bench
-
     options = BenchOptions(rows=rows, small_rows=small_rows, hnsw_m=hnsw_m, quota=quota, quota_rows=quota_rows,
                            latency_ms=latency_ms, adaptive=adaptive, skip_pk_order=skip_pk_order,
-                           skip_strategies=skip_strategies, strategy_rows=strategy_rows)
+                           strategies=tuple(chosen))
     with connected(dsn) as (db, _conn):
         result = run_bench(db, options, say=lambda line: click.echo(line, err=True))
     echo_json(result.to_json()) if as_json else click.echo(render(result))

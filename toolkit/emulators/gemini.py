@@ -84,9 +84,11 @@ class GeminiApp(App):
             if cached is not None:
                 self._answers.move_to_end(key)
                 return cached
-        values = np.round(gemini_values(model, text, task_type=task, title=title, dims=dims or native,
-                                        native=native), 9).tolist()
-        answer = b'{"values": ' + json.dumps(values).encode() + b"}"
+        # Nine decimals written as integers with an exponent ("12345678e-9" is 0.012345678 in JSON): the
+        # same numbers as the floats rounded to nine places, formatted by int's repr in about half the time.
+        nanos = np.rint(gemini_values(model, text, task_type=task, title=title, dims=dims or native,
+                                      native=native) * 1e9).astype(np.int64).tolist()
+        answer = b'{"values": [' + "e-9, ".join(map(str, nanos)).encode() + b"e-9]}"
         with self._answers_lock:
             if key not in self._answers and len(answer) <= self._answer_budget:
                 self._answers[key] = answer

@@ -27,6 +27,7 @@ from toolkit.db import Database
 from toolkit.errors import BadInput, GateFailed, MalformedResponse
 from toolkit.phases import batch_jobs, ledger
 from toolkit.phases.backfill import MAX_SWEEPS, Counters, RunOptions, RunSummary, Throttle, check, tune_session
+from toolkit.phases.backfill.replicas import ReplicaGate, check_can_watch
 from toolkit.phases.backfill.worker import write_with_retry
 from toolkit.phases.batch_jobs import JobRecord
 from toolkit.phases.prepare import prepare
@@ -129,6 +130,10 @@ class _Collector:
         self.submitted = 0
         self.failed_in_a_row = 0
         self.throttle = Throttle(options.max_rows_per_second)
+        self.replicas = (ReplicaGate(options.max_replica_lag, record.id, record.phase)
+                         if options.max_replica_lag else None)
+        if self.replicas is not None:
+            check_can_watch(conn)
         self.bar = _bar(options.progress)
 
     def run(self) -> None:
@@ -264,6 +269,9 @@ class _Collector:
                 checked = check_vectors(np.stack([vectors[i] for i in order]), len(order), self.plan.dimensions)
                 vectors = dict(zip(order, checked))
             self.throttle.wait(len(vectors))
+            if self.replicas is not None and self.replicas.hold(self.conn):
+                self.counters.replica_pauses = self.replicas.pauses
+                self.counters.replica_paused_seconds = self.replicas.paused_seconds
             began = time.monotonic()
             outcome = write_with_retry(lambda: writer.write(rows, vectors, {}))
             step.add(Counters(rows_written=outcome.written, rows_rejected=outcome.rejected,

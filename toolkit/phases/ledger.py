@@ -66,15 +66,27 @@ def keys_param(keys: Sequence[Key]) -> list[Jsonb]:
     return [Jsonb(k) for k in keys]
 
 
+def claim_statement(plan_id: int) -> sql.Composed:
+    """The claim of sql/backfill_claim.sql with its per-call values as named parameters (`claim_params`):
+    the same statement text every time, so psycopg prepares it once per connection."""
+    return template("backfill_claim", owner=sql.Placeholder("owner"), lease_seconds=sql.Placeholder("lease_seconds"),
+                    plan_id=sql.Literal(plan_id), limit=sql.Placeholder("limit"),
+                    changed_before=sql.SQL("coalesce({}::timestamptz, 'infinity')").format(
+                        sql.Placeholder("changed_before")))
+
+
+def claim_params(owner: str, limit: int, lease_seconds: float, changed_before: datetime | None) -> dict[str, Any]:
+    return {"owner": owner, "limit": int(limit), "lease_seconds": float(lease_seconds),
+            "changed_before": changed_before}
+
+
 def claim(conn: psycopg.Connection, plan_id: int, owner: str, limit: int, lease_seconds: float,
           changed_before: datetime | None = None) -> list[Key]:
     """Lease up to `limit` pending rows to `owner`, in ledger order; with `changed_before`, only rows
-    that changed before then. Autocommit: one statement."""
-    bound = sql.Literal(changed_before) if changed_before else sql.SQL("'infinity'::timestamptz")
-    rows = conn.execute(template(
-        "backfill_claim", owner=sql.Literal(owner), lease_seconds=sql.Literal(float(lease_seconds)),
-        plan_id=sql.Literal(plan_id), limit=sql.Literal(int(limit)), changed_before=bound)).fetchall()
-    return [r[0] for r in rows]
+    that changed before then. Autocommit: one statement. (The backfill claims and reads in one
+    statement: `BatchWriter.claim`.)"""
+    rows = conn.execute(claim_statement(plan_id), claim_params(owner, limit, lease_seconds, changed_before)).fetchall()
+    return [r[0] for r in sorted(rows, key=lambda r: r[1])]
 
 
 def release(conn: psycopg.Connection, plan_id: int, owner: str, keys: Sequence[Key]) -> int:

@@ -1,31 +1,38 @@
-"""Reading claimed rows and writing their vectors: one short transaction per batch.
+"""Claiming, reading and writing batches: one short transaction per batch, one round trip.
 
-The write is binary COPY into a per-connection temp table, then one guarded statement from
-stage that also marks the ledger. Which statement is the plan's strategy's (the column
-strategy's `UPDATE ... FROM stage`: DESIGN.md, ~8.8k rows/s without an index on the original
-column; the page-striped ledger order keeps most updates HOT with one). Nothing here holds a
-snapshot between batches: the connection is in autocommit mode.
+A batch is staged into a per-connection temp table from binary array parameters, then written by
+one guarded statement from stage that also marks the ledger. Which statement is the plan's
+strategy's (the column strategy's `UPDATE ... FROM stage`: DESIGN.md; the page-striped ledger
+order keeps most updates HOT with an index on the original column). All of it goes down one
+psycopg pipeline with the claim of the next batch. Nothing here holds a snapshot between
+batches: the connection is in autocommit mode.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Sequence
 
 import numpy as np
 import psycopg
 from pgvector import HalfVector
 from psycopg import sql
-from psycopg.pq import Format
+from psycopg.adapt import PyFormat
+from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.types.json import Jsonb
 
 from toolkit.errors import MalformedResponse
 from toolkit.phases.ddl import template
+from toolkit.phases import ledger
 from toolkit.phases.ledger import Key
 from toolkit.phases.prepare import key_json, vector_type
 from toolkit.plan import Plan
 from toolkit.strategies.base import Write
+
+log = logging.getLogger(__name__)
 
 EMPTY_TEXT = "empty text"
 
@@ -93,8 +100,35 @@ def check_vectors(vectors: np.ndarray, count: int, dimensions: int) -> np.ndarra
     return vectors
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A request for the next batch: up to `limit` pending rows leased for `lease_seconds`; with
+    `changed_before`, only rows that changed before then (a catch-up sweep's bound)."""
+
+    limit: int
+    lease_seconds: float
+    changed_before: datetime | None = None
+
+
+@dataclass
+class Claimed:
+    """A claimed batch as it is now: the rows to embed, and the claimed keys whose row is gone."""
+
+    rows: list[SourceRow]
+    gone: list[Key]
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.gone)
+
+
 class BatchWriter:
-    """Writes batches of one plan through one connection (autocommit) and its temp staging table."""
+    """Claims, reads and writes batches of one plan through one connection (autocommit).
+
+    Every batch costs one round trip in the steady state: the write goes down one pipeline
+    (BEGIN, staging from binary array parameters, the strategy's guarded write statement, the
+    release of what it did not write, COMMIT) together with the claim-and-read of the next batch.
+    Waiting for the server once per batch instead of eight times matters when embedding threads
+    hold the GIL: every wait ends by queueing for it."""
 
     def __init__(self, conn: psycopg.Connection, plan: Plan, plan_id: int, owner: str, phase: str) -> None:
         from toolkit.strategies import strategy_for
@@ -103,71 +137,96 @@ class BatchWriter:
         self.stage = sql.Identifier(f"reembed_stage_{plan_id}")
         conn.execute(template("backfill_stage", stage=self.stage, key_columns=key_columns(plan, "t"),
                               vtype=vector_type(plan), table=plan.table))
-        self._columns = [c for c in plan.primary_key] + ["pk", "hash", "v", "reason"]
-        self._copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-            self.stage, sql.SQL(", ").join(sql.Identifier(c) for c in self._columns))
-        self._types = self._binary_types()
+        columns = [*plan.primary_key, "pk", "hash", "v", "reason"]
+        self._stage_rows = template(
+            "backfill_stage_rows", stage=self.stage, columns=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+            key_columns=key_columns(plan, "k"), table=plan.table, pks=sql.Placeholder("pks", PyFormat.BINARY),
+            hashes=sql.Placeholder("hashes", PyFormat.BINARY), vectors=sql.Placeholder("vectors", PyFormat.BINARY),
+            reasons=sql.Placeholder("reasons", PyFormat.BINARY), vector_array=sql.SQL(f"{plan.new_vector_base}[]"))
         self._half = plan.new_vector_base == "halfvec"
-        if self._types is None:
-            self._copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
-                self.stage, sql.SQL(", ").join(sql.Identifier(c) for c in self._columns))
+        self._claim_read = template(
+            "backfill_claim_read", claim=ledger.claim_statement(plan_id), key_columns=key_columns(plan, "t"),
+            text=plan.text_expression("t"), title=plan.title_expression("t"), hash=plan.text_hash_expression("t"),
+            table=plan.table, match=match(plan, "t", "k"))
+        self._release = template("backfill_release", plan_id=sql.Literal(plan_id), owner=sql.Literal(owner),
+                                 keys=sql.Placeholder("keys"))
         self._write = strategy_for(plan).write_statement(conn, plan, phase, self.stage, plan_id, owner)
 
-    def _binary_types(self) -> list[int] | None:
-        """OIDs of the stage's columns (domains resolved to their base type), or None when a key type
-        has no binary adapter in psycopg (then COPY falls back to text format)."""
-        rows = self.conn.execute(
-            """SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
-               FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-               WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
-               ORDER BY a.attnum""", (f"pg_temp.{self.stage.as_string(self.conn)}",)).fetchall()
-        oids = [r[0] for r in rows]
-        for oid in oids:
-            try:
-                self.conn.adapters.get_dumper_by_oid(oid, Format.BINARY)
-            except psycopg.ProgrammingError:  # no binary dumper registered for this type
-                return None
-        return oids
+    def claim(self, claim: Claim) -> Claimed:
+        """Lease the next batch and read it: one statement."""
+        with self.conn.cursor() as cur:
+            cur.execute(self._claim_read, self._claim_params(claim))
+            return self._claimed(cur)
 
     def write(self, rows: Sequence[SourceRow], vectors: dict[int, np.ndarray], skipped: dict[int, str]) -> Outcome:
         """Write `vectors` (by position in `rows`) and mark `skipped` rows, in one transaction.
 
         Rows neither written nor skipped here, and rows the guard rejects, have their lease released."""
+        return self.write_then_claim(rows, vectors, skipped, None)[0]
+
+    def write_then_claim(self, rows: Sequence[SourceRow], vectors: dict[int, np.ndarray], skipped: dict[int, str],
+                         then: Claim | None) -> tuple[Outcome, Claimed | None]:
+        """`write`, and with `then`, the claim of the next batch in the same round trip.
+
+        One pipeline, one sync: BEGIN, stage, the strategy's write, the release of every lease of
+        the batch it did not mark (rows not sent, rows the guard rejected), COMMIT; then the claim
+        of the next batch in its own implicit transaction, after the commit, so it never holds
+        ledger locks while the write waits for a row (the tracking trigger locks a row, then its
+        ledger row). A failed write runs nothing after it: no claim. A failed claim after a
+        committed write loses nothing: the write counts, the claim is simply made again."""
+        staged = [(i, vectors.get(i), skipped.get(i)) for i in range(len(rows)) if i in vectors or i in skipped]
+        keys = [Jsonb(row.key) for row in rows]
+        write_cur, commit_cur = self.conn.cursor(), self.conn.cursor()
+        next_cur = self.conn.cursor() if then is not None else None
+        claim_error: psycopg.Error | None = None
+        try:
+            with self.conn.pipeline():
+                write_cur.execute("BEGIN")
+                if staged:
+                    write_cur.execute(self._stage_rows, {
+                        "pks": [keys[i] for i, _, _ in staged], "hashes": [rows[i].hash for i, _, _ in staged],
+                        "vectors": [self._dumpable(v) for _, v, _ in staged], "reasons": [r for _, _, r in staged]})
+                    for statement in self._write.before:  # their own cursors: write_cur keeps the write's rows
+                        self.conn.execute(statement)
+                    write_cur.execute(self._write.statement)
+                    for statement in self._write.after:
+                        self.conn.execute(statement)
+                self.conn.execute(self._release, {"keys": keys})
+                commit_cur.execute("COMMIT")
+                if next_cur is not None and then is not None:
+                    next_cur.execute(self._claim_read, self._claim_params(then))
+        except psycopg.Error as exc:
+            if not _succeeded(commit_cur) or self.conn.closed:
+                self._end_failed_transaction()
+                raise
+            claim_error = exc  # the write committed; only the claim after it failed
+            log.warning("claiming the next batch failed after a committed write: %s", exc)
+        except BaseException:
+            self._end_failed_transaction()
+            raise
         outcome = Outcome()
-        by_key: dict[str, int] = {}
-        with self.conn.transaction():
-            with self.conn.cursor() as cur:
-                with cur.copy(self._copy) as copy:
-                    if self._types is not None:
-                        copy.set_types(self._types)
-                    for i, row in enumerate(rows):
-                        if i in vectors:
-                            # halfvec's binary dumper takes HalfVector objects only
-                            v, reason = (HalfVector(vectors[i]) if self._half else vectors[i]), None
-                        elif i in skipped:
-                            v, reason = None, skipped[i]
-                        else:
-                            continue
-                        by_key[_key_str(row.key)] = i
-                        copy.write_row((*row.key_values, Jsonb(row.key), row.hash, v, reason))
-                results = run_write(cur, self._write)[0] if by_key else []
-                done_keys = set()
-                for key, was_skipped, embed_count in results:
-                    done_keys.add(_key_str(key))
-                    if was_skipped:
-                        outcome.skipped += 1
-                    else:
-                        outcome.written += 1
-                        outcome.written_keys.append(key)
-                        if embed_count > 1:
-                            outcome.reembedded += 1
-                leftover = [r.key for r in rows if _key_str(r.key) not in done_keys]
-                outcome.rejected = sum(1 for k in by_key if k not in done_keys)
-                if leftover:
-                    cur.execute(template("backfill_release", plan_id=sql.Literal(self.plan_id),
-                                         owner=sql.Literal(self.owner), keys=sql.Placeholder()),
-                                ([Jsonb(k) for k in leftover],))
-        return outcome
+        done_keys = set()
+        for key, was_skipped, embed_count in (write_cur.fetchall() if staged else []):
+            done_keys.add(_key_str(key))
+            if was_skipped:
+                outcome.skipped += 1
+            else:
+                outcome.written += 1
+                outcome.written_keys.append(key)
+                if embed_count > 1:
+                    outcome.reembedded += 1
+        outcome.rejected = sum(1 for i, _, _ in staged if _key_str(rows[i].key) not in done_keys)
+        claimed = self._claimed(next_cur) if next_cur is not None and claim_error is None else None
+        return outcome, claimed
+
+    def _dumpable(self, vector: np.ndarray | None) -> np.ndarray | HalfVector | None:
+        # halfvec's binary dumper takes HalfVector objects only
+        return HalfVector(vector) if self._half and vector is not None else vector
+
+    def _end_failed_transaction(self) -> None:
+        """After an error inside the explicit BEGIN the session stays in a failed transaction."""
+        if not self.conn.closed and self.conn.info.transaction_status != TransactionStatus.IDLE:
+            self.conn.execute("ROLLBACK")
 
     def forget_missing(self, keys: Sequence[Key]) -> int:
         """Drop ledger rows of claimed keys whose row no longer exists."""
@@ -177,6 +236,25 @@ class BatchWriter:
             "backfill_forget", plan_id=sql.Literal(self.plan_id), owner=sql.Literal(self.owner),
             keys=sql.Placeholder(), table=self.plan.table, match=match(self.plan, "t", "k")),
             ([Jsonb(k) for k in keys],)).rowcount
+
+    def _claim_params(self, claim: Claim) -> dict[str, Any]:
+        return ledger.claim_params(self.owner, claim.limit, claim.lease_seconds, claim.changed_before)
+
+    def _claimed(self, cur: psycopg.Cursor[Any]) -> Claimed:
+        n = len(self.plan.primary_key)
+        rows, gone = [], []
+        for r in cur.fetchall():
+            if r[1] is None:  # a primary key column is never NULL: the row is gone
+                gone.append(r[0])
+            else:
+                rows.append(SourceRow(key=r[0], key_values=tuple(r[1:1 + n]), text=r[1 + n], title=r[2 + n],
+                                      hash=r[3 + n]))
+        return Claimed(rows=rows, gone=gone)
+
+
+def _succeeded(cur: psycopg.Cursor[Any]) -> bool:
+    result = cur.pgresult
+    return result is not None and result.status == ExecStatus.COMMAND_OK
 
 
 def run_write(cur: psycopg.Cursor, write: Write) -> tuple[list[tuple[Any, ...]], int]:

@@ -23,6 +23,7 @@ class RunOptions:
     tpm: int | None = None
     rpd: int | None = None
     max_rows_per_second: float | None = None
+    max_replica_lag: float | None = None  # seconds; pause writing while a standby is further behind
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     poll_seconds: float = 1.0
     progress: bool = True
@@ -36,6 +37,8 @@ class RunOptions:
             raise BadInput(f"--workers must be between 1 and 64, not {self.workers}")
         if self.max_rows_per_second is not None and self.max_rows_per_second <= 0:
             raise BadInput(f"--max-rows-per-second must be positive, not {self.max_rows_per_second}")
+        if self.max_replica_lag is not None and self.max_replica_lag <= 0:
+            raise BadInput(f"--max-replica-lag must be positive, not {self.max_replica_lag}")
         if self.lease_seconds < 1:
             raise BadInput(f"--lease-seconds must be at least 1, not {self.lease_seconds}")
 
@@ -49,6 +52,7 @@ class RunOptions:
         return RunOptions(batch_size=self.batch_size, concurrency=self.concurrency, workers=1,
                           rpm=share(self.rpm, int), tpm=share(self.tpm, int), rpd=share(self.rpd, int),
                           max_rows_per_second=share(self.max_rows_per_second, float),
+                          max_replica_lag=self.max_replica_lag,
                           lease_seconds=self.lease_seconds, poll_seconds=self.poll_seconds, progress=False)
 
 
@@ -65,11 +69,14 @@ class Counters:
     malformed: int = 0  # provider answers refused (never written), their rows asked for again
     write_seconds: float = 0.0  # time inside write transactions (the database's share)
     loop_seconds: float = 0.0  # claim-embed-write loop, without start-up (imports, prepare)
+    replica_pauses: int = 0  # times writing stopped for a standby behind --max-replica-lag
+    replica_paused_seconds: float = 0.0
 
     def add(self, other: "Counters") -> None:
         for name, value in asdict(other).items():
             # Workers run side by side: their loops overlap in time, everything else adds up.
-            merged = max(getattr(self, name), value) if name == "loop_seconds" else getattr(self, name) + value
+            overlap = name in ("loop_seconds", "replica_paused_seconds")
+            merged = max(getattr(self, name), value) if overlap else getattr(self, name) + value
             setattr(self, name, merged)
 
 

@@ -46,6 +46,13 @@ def worker_main(dsn: str | None, plan_name: str, options: dict[str, Any], owner:
         results.put(("error", owner, (type(exc).__name__, str(exc), 1)))
 
 
+def _replica_state(conn: psycopg.Connection, plan_id: int) -> str | None:
+    """"paused: ..." while the workers' latest replica event is a pause (they log pause and resume)."""
+    row = conn.execute("SELECT message FROM reembed.events WHERE plan_id = %s AND kind = 'replica' "
+                       "ORDER BY id DESC LIMIT 1", (plan_id,)).fetchone()
+    return f"paused: {row[0][len('writing paused: '):]}" if row and row[0].startswith("writing paused: ") else None
+
+
 def run_workers(db: Database, plan: Plan, record: PlanRecord, options: RunOptions,
                  before: ledger.Progress) -> Counters:
     context = multiprocessing.get_context("spawn")
@@ -87,6 +94,8 @@ def run_workers(db: Database, plan: Plan, record: PlanRecord, options: RunOption
             bar.total = max(bar.total, done + now.rows_pending)
             bar.n = max(0, done)
             bar.set_postfix(skipped=now.rows_skipped, workers=sum(p.is_alive() for p in processes), refresh=False)
+            if options.max_replica_lag:
+                bar.set_description_str(_replica_state(conn, record.id) or "re-embedding", refresh=False)
             bar.refresh()
             # Counting a large ledger is not free: never spend more than ~5% of the time on it.
             time.sleep(max(0.5, 20 * took))

@@ -19,6 +19,7 @@ from toolkit.db import Database
 from toolkit.errors import GateFailed
 from toolkit.phases import ledger
 from toolkit.phases.backfill.options import Counters, RunOptions, RunSummary, Throttle, progress_bar
+from toolkit.phases.backfill.replicas import ReplicaGate, check_can_watch
 from toolkit.phases.backfill.run import check
 from toolkit.phases.ddl import template
 from toolkit.phases.prepare import key_json, source_vector_type
@@ -49,6 +50,9 @@ def rollback_fill(db: Database, plan_ref: str, options: RunOptions) -> RunSummar
         counters = Counters()
         writer = FillWriter(conn, plan, old, strategy_for(plan).fill_statement(conn, plan, record.phase, FILL_STAGE))
         throttle = Throttle(options.max_rows_per_second)
+        replicas = ReplicaGate(options.max_replica_lag, record.id, record.phase) if options.max_replica_lag else None
+        if replicas is not None:
+            check_can_watch(conn)
         bar = progress_bar(writer.count_missing(), options.progress)
         pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="reembed-rollback")
         inflight: dict[Future[EmbedBatch], list[SourceRow]] = {}
@@ -70,6 +74,8 @@ def rollback_fill(db: Database, plan_ref: str, options: RunOptions) -> RunSummar
                     rows = inflight.pop(future)
                     result = future.result()
                     throttle.wait(len(result.index))
+                    if replicas is not None:
+                        replicas.hold(conn)
                     written = writer.write(rows, result)
                     counters.rows_written += written
                     counters.rows_rejected += len(result.index) - written
@@ -82,6 +88,8 @@ def rollback_fill(db: Database, plan_ref: str, options: RunOptions) -> RunSummar
             bar.close()
             embedder.close()
         seconds = time.monotonic() - started
+        if replicas is not None:
+            counters.replica_pauses, counters.replica_paused_seconds = replicas.pauses, replicas.paused_seconds
         log_event(conn, record.id, "rollback_fill",
                   f"{counters.rows_written} rows given {plan.source} vectors in {old.display}", asdict(counters))
         return RunSummary(name=plan.name, phase=record.phase, column=old.column, seconds=seconds, counters=counters,

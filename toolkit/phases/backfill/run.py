@@ -20,6 +20,7 @@ from toolkit.errors import GateFailed
 from toolkit.phases import batch_jobs, ledger
 from toolkit.phases.backfill.options import Counters, RunOptions, RunSummary, progress_bar
 from toolkit.phases.backfill.processes import run_workers
+from toolkit.phases.backfill.replicas import check_can_watch
 from toolkit.phases.backfill.worker import Worker, make_target_embedder
 from toolkit.phases.prepare import prepare
 from toolkit.plan import Plan, load
@@ -52,6 +53,8 @@ def run(db: Database, plan_ref: str, options: RunOptions) -> RunSummary:
     options.validate()
     conn = db.connect()
     try:
+        if options.max_replica_lag:
+            check_can_watch(conn)
         plan, record = load(conn, plan_ref)
         check(record)
         refuse_open_batch_jobs(conn, record)
@@ -135,7 +138,11 @@ def _run_here(db: Database, plan: Plan, record: PlanRecord, options: RunOptions,
             bar.set_postfix(skipped=totals.rows_skipped, retried=totals.rows_rejected + totals.provider_retries,
                             refresh=False)
 
-    worker = Worker(db, plan, record, options, embedder, ledger.owner_id(), on_rows=on_rows)
+    def on_pause(why: str | None) -> None:
+        with lock:
+            bar.set_description_str(why or "re-embedding")
+
+    worker = Worker(db, plan, record, options, embedder, ledger.owner_id(), on_rows=on_rows, on_pause=on_pause)
     try:
         counters = worker.run()
     finally:

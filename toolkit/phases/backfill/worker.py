@@ -8,7 +8,6 @@ strategy's answer (`BatchWriter` asks it); everything here is the same for every
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -16,7 +15,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import psycopg
@@ -25,7 +24,8 @@ from toolkit.db import Database
 from toolkit.errors import MalformedResponse
 from toolkit.phases import ledger
 from toolkit.phases.backfill.options import Counters, RunOptions, Throttle
-from toolkit.phases.writer import EMPTY_TEXT, BatchWriter, Outcome, SourceRow, check_vectors, read_rows
+from toolkit.phases.backfill.replicas import ReplicaGate
+from toolkit.phases.writer import EMPTY_TEXT, BatchWriter, Claim, Claimed, SourceRow, check_vectors
 from toolkit.plan import Plan
 from toolkit.providers.base import EmbedBatch, Embedder
 from toolkit.state import PlanRecord
@@ -33,6 +33,7 @@ from toolkit.state import PlanRecord
 log = logging.getLogger(__name__)
 
 MAX_MALFORMED_STREAK = 3
+T = TypeVar("T")
 # Catch-up sweeps over rows the application changed during the run, after the first pass.
 MAX_SWEEPS = 5
 
@@ -59,6 +60,7 @@ class Worker:
 
     def __init__(self, db: Database, plan: Plan, record: PlanRecord, options: RunOptions, embedder: Embedder,
                  owner: str, *, on_rows: Callable[[Counters], None] | None = None,
+                 on_pause: Callable[[str | None], None] | None = None,
                  stop: threading.Event | None = None) -> None:
         self.db, self.plan, self.record, self.options = db, plan, record, options
         self.embedder, self.owner = embedder, owner
@@ -69,12 +71,16 @@ class Worker:
         self.sweep_began: datetime | None = None  # rows changed after this wait for the next sweep
         self.sweeps = 0
         self._parent = os.getppid()
+        self._claimed: list[Claimed] = []  # batches claimed along with a write, not yet embedded
+        self._inflight: dict[Future[EmbedBatch], Batch] = {}
+        self.replicas = (ReplicaGate(options.max_replica_lag, record.id, record.phase, on_pause)
+                         if options.max_replica_lag else None)
 
     def run(self) -> Counters:
         conn = self.db.connect()
         tune_session(conn)
         loop_started = time.monotonic()
-        inflight: dict[Future[EmbedBatch], Batch] = {}
+        inflight = self._inflight
         pool = ThreadPoolExecutor(max_workers=self.options.concurrency, thread_name_prefix="reembed-embed")
         try:
             writer = BatchWriter(conn, self.plan, self.record.id, self.owner, self.record.phase)
@@ -130,13 +136,14 @@ class Worker:
                         raise
                     malformed_streak = 0
                     try:
-                        self._write(writer, batch, result)
+                        room = len(inflight) + len(self._claimed) < self.options.concurrency
+                        self._write(writer, batch, result, claim_next=room and not self.stop.is_set())
                     except BaseException:
                         if not conn.closed:
                             ledger.release(conn, self.record.id, self.owner, batch.keys)
                         raise
                 if time.monotonic() - last_renew > self.options.lease_seconds / 3:
-                    held = [k for b in inflight.values() for k in b.keys]
+                    held = [k for b in inflight.values() for k in b.keys] + self._claimed_keys()
                     ledger.renew(conn, self.record.id, self.owner, held, self.options.lease_seconds)
                     last_renew = time.monotonic()
                 if os.getppid() != self._parent:  # our parent `reembed run --workers` died: stop cleanly
@@ -147,7 +154,7 @@ class Worker:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
             try:
-                held = [k for b in inflight.values() for k in b.keys]
+                held = [k for b in inflight.values() for k in b.keys] + self._claimed_keys()
                 if held and not conn.closed:
                     ledger.release(conn, self.record.id, self.owner, held)
             except psycopg.Error:
@@ -158,22 +165,25 @@ class Worker:
 
     def _next_batch(self, conn: psycopg.Connection, writer: BatchWriter) -> Batch | None:
         while True:
-            keys = ledger.claim(conn, self.record.id, self.owner, self.options.batch_size, self.options.lease_seconds,
-                                changed_before=self.sweep_began)
-            if not keys:
+            claimed = self._claimed.pop(0) if self._claimed else writer.claim(self._claim())
+            if not claimed:
                 return None
-            rows = read_rows(conn, self.plan, keys)
-            if len(rows) < len(keys):
-                found = {_k(r.key) for r in rows}
-                gone = [k for k in keys if _k(k) not in found]
-                self.counters.rows_gone += writer.forget_missing(gone)
-                ledger.release(conn, self.record.id, self.owner, gone)  # kept if it reappeared meanwhile
-                keys = [k for k in keys if _k(k) in found]
+            if claimed.gone:
+                self.counters.rows_gone += writer.forget_missing(claimed.gone)
+                ledger.release(conn, self.record.id, self.owner, claimed.gone)  # kept if it reappeared meanwhile
+            rows = claimed.rows
             if not rows:
                 continue
             send = [i for i, r in enumerate(rows) if not r.empty]
             skipped = {i: EMPTY_TEXT for i, r in enumerate(rows) if r.empty}
-            return Batch(keys=keys, rows=rows, send=send, skipped=skipped)
+            return Batch(keys=[r.key for r in rows], rows=rows, send=send, skipped=skipped)
+
+    def _claimed_keys(self) -> list[ledger.Key]:
+        """The keys of the batches claimed ahead (by a write's round trip), not embedding yet."""
+        return [r.key for c in self._claimed for r in c.rows] + [k for c in self._claimed for k in c.gone]
+
+    def _claim(self) -> Claim:
+        return Claim(self.options.batch_size, self.options.lease_seconds, self.sweep_began)
 
     def _embed(self, batch: Batch) -> EmbedBatch:
         texts = [batch.rows[i].text or "" for i in batch.send]
@@ -182,7 +192,8 @@ class Worker:
         check_vectors(result.vectors, len(result.index), self.plan.dimensions)
         return result
 
-    def _write(self, writer: BatchWriter, batch: Batch, result: EmbedBatch | None) -> None:
+    def _write(self, writer: BatchWriter, batch: Batch, result: EmbedBatch | None, claim_next: bool = False) -> None:
+        """Write a finished batch; with `claim_next`, the next batch is claimed in the same round trip."""
         vectors: dict[int, np.ndarray] = {}
         skipped = dict(batch.skipped)
         if result is not None:
@@ -193,13 +204,32 @@ class Worker:
             self.counters.provider_retries += result.retries
             self.counters.truncated += result.truncated
         self.throttle.wait(len(vectors))
+        self._hold_for_replicas(writer.conn, batch)
         began = time.monotonic()
-        outcome = write_with_retry(lambda: writer.write(batch.rows, vectors, skipped))
+        then = self._claim() if claim_next else None
+        outcome, claimed = write_with_retry(lambda: writer.write_then_claim(batch.rows, vectors, skipped, then))
+        if claimed is not None:
+            self._claimed.append(claimed)
         step = Counters(rows_written=outcome.written, rows_skipped=outcome.skipped, rows_rejected=outcome.rejected,
                         rows_reembedded=outcome.reembedded, batches=1, write_seconds=time.monotonic() - began)
         self.counters.add(step)
         if self.on_rows:
             self.on_rows(step)
+
+
+    def _hold_for_replicas(self, conn: psycopg.Connection, batch: Batch) -> None:
+        """With --max-replica-lag: write nothing while a standby is too far behind. The leases of
+        every batch held meanwhile (embedding, embedded, claimed, this one) are renewed."""
+        if self.replicas is None:
+            return
+
+        def renew() -> None:
+            held = batch.keys + [k for b in self._inflight.values() for k in b.keys] + self._claimed_keys()
+            ledger.renew(conn, self.record.id, self.owner, held, self.options.lease_seconds)
+
+        if self.replicas.hold(conn, renew=renew, renew_every=self.options.lease_seconds / 3, stop=self.stop):
+            self.counters.replica_pauses = self.replicas.pauses
+            self.counters.replica_paused_seconds = self.replicas.paused_seconds
 
 
 def tune_session(conn: psycopg.Connection) -> None:
@@ -217,7 +247,7 @@ def tune_session(conn: psycopg.Connection) -> None:
     conn.execute("SET enable_mergejoin = off")
 
 
-def write_with_retry(write: Callable[[], Outcome], attempts: int = 5) -> Outcome:
+def write_with_retry(write: Callable[[], T], attempts: int = 5) -> T:
     """A deadlock or serialization failure (two writers on one row after a lease takeover), or a
     lock not granted in time (a write that keeps the application's triggers quiet takes a short
     table lock), is rolled back whole by PostgreSQL; trying again is safe."""
@@ -231,6 +261,3 @@ def write_with_retry(write: Callable[[], Outcome], attempts: int = 5) -> Outcome
             time.sleep(0.05 * attempt)
     raise AssertionError("unreachable")
 
-
-def _k(key: ledger.Key) -> str:
-    return json.dumps(key, sort_keys=True, default=str)

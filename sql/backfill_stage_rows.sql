@@ -1,0 +1,7 @@
+-- Stage one batch from four array parameters sent in binary (key, text hash, vector, skip
+-- reason), so that staging goes down the same pipeline as the write instead of a COPY, which
+-- pipeline mode cannot carry. The key columns are typed like the table's, from the ledger key.
+INSERT INTO {stage} ({columns})
+SELECT {key_columns}, u.pk, u.hash, u.v, u.reason
+FROM unnest({pks}::jsonb[], {hashes}::text[], {vectors}::{vector_array}, {reasons}::text[]) AS u(pk, hash, v, reason)
+CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, u.pk) AS k

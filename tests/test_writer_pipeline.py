@@ -1,0 +1,122 @@
+"""The batch writer's single round trip: the write (BEGIN, staging, the strategy's guarded statement,
+releases, COMMIT) and the claim of the next batch go down one psycopg pipeline. What must hold
+whatever fails in it: a row is `done` only in the transaction that wrote its vector, no lease is
+left behind by a failed write, and a failed claim after a committed write loses nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg import sql
+
+from backfill_support import make_plan, shadow_column
+from tables import create_docs
+from toolkit.phases import ledger
+from toolkit.phases.prepare import prepare
+from toolkit.phases.writer import BatchWriter, Claim
+from toolkit.plan import load
+
+ROWS = 60
+
+
+def _unit(n: int) -> dict[int, np.ndarray]:
+    vectors = np.random.default_rng(3).standard_normal((n, 768)).astype(np.float32)
+    return dict(enumerate(vectors / np.linalg.norm(vectors, axis=1, keepdims=True)))
+
+
+def _writer(conn: psycopg.Connection, run_cli) -> tuple[BatchWriter, int, str]:  # type: ignore[no-untyped-def]
+    create_docs(conn, ROWS, index="hnsw")
+    name = make_plan(run_cli)
+    plan, record = load(conn, name)
+    prepare(conn, plan, record)
+    owner = ledger.owner_id()
+    return BatchWriter(conn, plan, record.id, owner, "backfilling"), record.id, owner
+
+
+def _states(conn: psycopg.Connection) -> dict[str, int]:
+    """Ledger rows per state, and how many are leased."""
+    counts = {state: n for state, n in conn.execute("SELECT state, count(*) FROM reembed.ledger GROUP BY state")}
+    counts["leased"] = conn.execute("SELECT count(*) FROM reembed.ledger WHERE lease_owner IS NOT NULL").fetchone()[0]
+    return counts
+
+
+def test_one_round_trip_writes_and_claims_the_next_batch(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
+    writer, plan_id, owner = _writer(conn, run_cli)
+    first = writer.claim(Claim(20, 300))
+    assert len(first.rows) == 20 and not first.gone
+    outcome, claimed = writer.write_then_claim(first.rows, _unit(20), {}, Claim(20, 300))
+    assert outcome.written == 20 and outcome.rejected == 0
+    assert claimed is not None and len(claimed.rows) == 20
+    assert {r.key["id"] for r in claimed.rows}.isdisjoint(r.key["id"] for r in first.rows)
+    assert _states(conn) == {"done": 20, "pending": 40, "leased": 20}
+    column = shadow_column(conn, "p1")
+    assert conn.execute(sql.SQL("SELECT count({}) FROM docs").format(sql.Identifier(column))).fetchone()[0] == 20
+    # The session is back in autocommit, idle, nothing left open.
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_a_failed_write_commits_nothing_and_claims_nothing(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
+    writer, plan_id, owner = _writer(conn, run_cli)
+    batch = writer.claim(Claim(20, 300))
+    victim = batch.rows[7].key["id"]
+    # An application trigger that refuses one row's update: the whole batch's write fails.
+    conn.execute(sql.SQL("""
+        CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.id = {} THEN RAISE EXCEPTION 'refused by the application'; END IF; RETURN NEW; END $$""")
+                 .format(sql.Literal(victim)))
+    conn.execute("CREATE TRIGGER refuse BEFORE UPDATE ON docs FOR EACH ROW EXECUTE FUNCTION refuse()")
+    with pytest.raises(psycopg.errors.RaiseException):
+        writer.write_then_claim(batch.rows, _unit(20), {}, Claim(20, 300))
+    # Nothing written, nothing marked, and no next batch leased by the failed pipeline.
+    assert _states(conn) == {"pending": 60, "leased": 20}
+    column = shadow_column(conn, "p1")
+    assert conn.execute(sql.SQL("SELECT count({}) FROM docs").format(sql.Identifier(column))).fetchone()[0] == 0
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    # The connection goes on: without the trigger the same batch is written.
+    conn.execute("DROP TRIGGER refuse ON docs")
+    outcome, claimed = writer.write_then_claim(batch.rows, _unit(20), {}, Claim(20, 300))
+    assert outcome.written == 20 and claimed is not None and len(claimed.rows) == 20
+
+
+def test_a_failed_claim_after_a_committed_write_loses_nothing(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
+    writer, plan_id, owner = _writer(conn, run_cli)
+    batch = writer.claim(Claim(20, 300))
+    # A claim fails after the write committed (here: a trigger on the ledger refusing new leases).
+    conn.execute("""
+        CREATE FUNCTION reembed.no_new_leases() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF OLD.lease_owner IS NULL AND NEW.lease_owner IS NOT NULL THEN
+            RAISE EXCEPTION 'no new leases'; END IF; RETURN NEW; END $$""")
+    conn.execute("CREATE TRIGGER no_new_leases BEFORE UPDATE ON reembed.ledger FOR EACH ROW "
+                 "EXECUTE FUNCTION reembed.no_new_leases()")
+    outcome, claimed = writer.write_then_claim(batch.rows, _unit(20), {}, Claim(20, 300))
+    assert outcome.written == 20 and claimed is None  # the write counts; the claim is simply made again
+    assert _states(conn) == {"done": 20, "pending": 40, "leased": 0}
+    conn.execute("DROP TRIGGER no_new_leases ON reembed.ledger")
+    assert len(writer.claim(Claim(20, 300)).rows) == 20
+
+
+def test_rows_the_guard_rejects_and_rows_not_sent_are_released(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
+    writer, plan_id, owner = _writer(conn, run_cli)
+    batch = writer.claim(Claim(20, 300))
+    changed = batch.rows[3].key["id"]
+    conn.execute("UPDATE docs SET content = content || ' (edited)' WHERE id = %s", (changed,))
+    vectors = {i: v for i, v in _unit(20).items() if i != 5}  # row 5 not answered by the provider
+    outcome, _ = writer.write_then_claim(batch.rows, vectors, {}, None)
+    assert outcome.written == 18 and outcome.rejected == 1
+    leased = [r[0] for r in conn.execute("SELECT pk->>'id' FROM reembed.ledger WHERE lease_owner IS NOT NULL")]
+    assert leased == []  # the edited row and the unanswered one are pending and claimable at once
+    pending = {int(r[0]) for r in conn.execute("SELECT pk->>'id' FROM reembed.ledger WHERE state = 'pending'")}
+    assert {changed, batch.rows[5].key["id"]} <= pending
+
+
+def test_a_row_deleted_after_its_claim_comes_back_as_gone(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
+    writer, plan_id, owner = _writer(conn, run_cli)
+    first_key = conn.execute("SELECT pk FROM reembed.ledger ORDER BY seq LIMIT 1").fetchone()[0]
+    # Tracking is bypassed (as a TRUNCATE or a session with triggers off would): the ledger still has it.
+    conn.execute("SET session_replication_role = replica")
+    conn.execute("DELETE FROM docs WHERE id = %s", (first_key["id"],))
+    conn.execute("SET session_replication_role = origin")
+    claimed = writer.claim(Claim(20, 300))
+    assert claimed.gone == [first_key] and len(claimed.rows) == 19
+    assert writer.forget_missing(claimed.gone) == 1
