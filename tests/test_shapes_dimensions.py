@@ -46,23 +46,29 @@ def _index_scan(conn: psycopg.Connection, q: np.ndarray) -> str:
         return "\n".join(r[0] for r in conn.execute("EXPLAIN " + APP_QUERY, (q,), prepare=False))
 
 
+@pytest.mark.parametrize("strategy", ["column", "copy"])
 @pytest.mark.parametrize("dims, new_type, opclass", [(3072, "halfvec(3072)", "halfvec_cosine_ops"),
                                                     (1536, "vector(1536)", "vector_cosine_ops")])
 def test_new_dimensions_give_a_new_column_type_and_index_the_unchanged_query_uses(conn, run_cli, dims: int,  # type: ignore[no-untyped-def]
-                                                                                  new_type: str, opclass: str) -> None:
+                                                                                  new_type: str, opclass: str,
+                                                                                  strategy: str) -> None:
     create_docs(conn, ROWS, vectors=old_vectors)
     conn.execute("CREATE INDEX docs_l2_idx ON docs USING hnsw (embedding vector_l2_ops)")
     plan = json.loads(ok(run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title",
-                                 "--dimensions", str(dims), "--name", "dim", "--offline", "--json")).stdout)["spec"]
+                                 "--dimensions", str(dims), "--name", "dim", "--offline", "--json",
+                                 "--strategy", strategy)).stdout)["spec"]
     assert plan["column"]["new_type"] == new_type
     assert {i["opclass"] for i in plan["indexes"]} == {opclass, opclass.replace("cosine", "l2")}
     element = 2 if new_type.startswith("halfvec") else 4
-    assert plan["estimate"]["shadow_column_bytes"] == ROWS * (element * dims + 8)
+    if strategy == "column":
+        assert plan["estimate"]["shadow_column_bytes"] == ROWS * (element * dims + 8)
     ok(run_cli("abandon", "dim", "--yes"))
     lifecycle(run_cli, "dim2", "docs", "--column", "embedding", "--text", "content", "--title", "title",
-              "--dimensions", str(dims))
+              "--dimensions", str(dims), "--strategy", strategy)
     assert column_type(conn, "docs", "embedding") == new_type
-    assert column_type(conn, "docs", "embedding__old_nomic_embed_text") == "vector(768)"
+    old_place = ("docs", "embedding__old_nomic_embed_text") if strategy == "column" else \
+        ("docs__old_nomic_embed_text", "embedding")
+    assert column_type(conn, *old_place) == "vector(768)"
     definition = conn.execute("SELECT pg_get_indexdef('docs_embedding_idx'::regclass)").fetchone()[0]
     assert f"(embedding {opclass})" in definition, definition
     _assert_exact(conn, TARGET, dims, half=new_type.startswith("halfvec"))
@@ -97,13 +103,15 @@ def test_the_reverse_from_halfvec_3072_to_768(conn, run_cli) -> None:  # type: i
     assert "Index Scan using docs_embedding_idx on docs" in _index_scan(conn, q)
 
 
-def test_what_names_the_old_dimension_is_refused_at_plan_by_name(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("strategy", ["column", "copy"])
+def test_what_names_the_old_dimension_is_refused_at_plan_by_name(conn, run_cli, strategy: str) -> None:  # type: ignore[no-untyped-def]
     create_docs(conn, 20, vectors=old_vectors)
     conn.execute("CREATE VIEW docs_half AS SELECT id, embedding::halfvec(768) AS half FROM docs")
     conn.execute("ALTER TABLE docs ADD CONSTRAINT dims_ok CHECK (vector_dims(embedding) = 768)")
     conn.execute("CREATE VIEW docs_titles AS SELECT id, title, embedding IS NOT NULL AS embedded FROM docs")
     before = table_state(conn)
-    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--dimensions", "3072", "--offline")
+    result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--dimensions", "3072", "--offline",
+                     "--strategy", strategy)
     assert result.exit_code == 2, result.output
     assert "view public.docs_half" in result.stderr and "check constraint dims_ok" in result.stderr
     assert "docs_titles" not in result.stderr and "name(s) the dimension 768" in result.stderr

@@ -59,15 +59,7 @@ class ColumnStrategy:
         for wanted in (plan.shadow_column, plan.old_column):
             if info.column(wanted) is not None:
                 raise BadInput(f"column {wanted!r} already exists in {info.qualified}: drop it or plan another target")
-        if plan.dimensions != plan.source_dimensions:
-            # The swap re-creates what binds to the column as it is: a definition naming the old
-            # dimension would break on the new vectors.
-            named = dependents.naming_dimension(dependents.capture(conn, info.oid, plan.column), plan.source_dimensions)
-            if named:
-                raise BadInput(f"{', '.join(named)} name(s) the dimension {plan.source_dimensions} of "
-                               f"{info.qualified}.{plan.column}: after the swap they would meet "
-                               f"{plan.dimensions}-dimensional vectors ({plan.new_column_type}); change them to "
-                               f"{plan.dimensions} or drop them, then plan again; nothing was changed")
+        refuse_what_names_the_old_dimension(conn, plan, info)
 
     def disk_bytes(self, plan: Plan, rows: int, info: TableInfo) -> tuple[int, int]:
         vector_bytes = (2 if plan.new_vector_base == "halfvec" else 4) * plan.dimensions + 8
@@ -250,6 +242,19 @@ class ColumnStrategy:
         out.append(template("prepare_drop_trigger", trigger=sql.Identifier(names.trigger), table=plan.table))
         out.append(template("prepare_drop_function", function=names.function))
         return out
+
+
+def refuse_what_names_the_old_dimension(conn: psycopg.Connection, plan: Plan, info: TableInfo) -> None:
+    """Both strategies carry what binds to the column as it is (re-created at the swap, or copied
+    with the table): a definition naming the old dimension would break on the new vectors."""
+    if plan.dimensions == plan.source_dimensions:
+        return
+    named = dependents.naming_dimension(dependents.capture(conn, info.oid, plan.column), plan.source_dimensions)
+    if named:
+        raise BadInput(f"{', '.join(named)} name(s) the dimension {plan.source_dimensions} of "
+                       f"{info.qualified}.{plan.column}: after the swap they would meet "
+                       f"{plan.dimensions}-dimensional vectors ({plan.new_column_type}); change them to "
+                       f"{plan.dimensions} or drop them, then plan again; nothing was changed")
 
 
 # -- prepare's statements --------------------------------------------------------------------

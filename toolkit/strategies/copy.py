@@ -19,7 +19,7 @@ from psycopg import sql
 
 from toolkit.catalog import TableInfo
 from toolkit.errors import BadInput, GateFailed
-from toolkit.indexes import bounded_identifier
+from toolkit.indexes import CarriedIndex, bounded_identifier
 from toolkit.phases import swap as column_swap
 from toolkit.phases.ddl import template
 from toolkit.phases.locking import run_locked
@@ -29,7 +29,7 @@ from toolkit.providers.models import model_tag
 from toolkit.state import PlanRecord, log_event, set_phase
 from toolkit.strategies import propagation, table_swap
 from toolkit.strategies.base import SWAPPED_PHASES, DropResult, IndexTarget, Place, Places, Retry, Write
-from toolkit.strategies.column import fill_update, update_statement
+from toolkit.strategies.column import fill_update, refuse_what_names_the_old_dimension, update_statement
 from toolkit.strategies.copy_table import (carried_indexes, columns, copy_tag, create_statements, refusals, shape,
                                            writable)
 
@@ -60,6 +60,7 @@ class CopyStrategy:
     # -- plan ---------------------------------------------------------------------------------
     def check_plan(self, conn: psycopg.Connection, plan: Plan, info: TableInfo) -> None:
         """Name the copy and the old table, list every index to carry; refuse what cannot be carried."""
+        refuse_what_names_the_old_dimension(conn, plan, info)
         tag, source_tag = model_tag(plan.target_ref), model_tag(plan.source_ref)
         plan.copy = CopySpec(table=bounded_identifier(info.name, tag),
                              old_table=bounded_identifier(info.name, "old_" + source_tag),
@@ -194,9 +195,17 @@ class CopyStrategy:
 
     def index_targets(self, plan: Plan, phase: str) -> list[IndexTarget]:
         copy = self.places(plan, "backfilled").new
-        vector_names = {i.original_name for i in plan.indexes}
-        targets = [IndexTarget(name=i.shadow_name, schema=copy.schema, table=copy.ident,
-                               statement=i.create(copy.ident, i.shadow_name), vector=i.original_name in vector_names)
+        vector_specs = {i.original_name: i for i in plan.indexes if i.original_name}
+        retyped = plan.new_column_type != plan.column_type
+
+        def statement(i: CarriedIndex) -> sql.Composed:
+            # A new type (--dimensions) needs the plan's retyped opclass and casts, not the original's.
+            if retyped and i.original_name in vector_specs:
+                return vector_specs[i.original_name].retarget(copy.ident, i.shadow_name)
+            return i.create(copy.ident, i.shadow_name)
+
+        targets = [IndexTarget(name=i.shadow_name, schema=copy.schema, table=copy.ident, statement=statement(i),
+                               vector=i.original_name in vector_specs)
                    for i in _spec(plan).indexes]
         # An index asked for with --index has no original to copy: built from its parts.
         targets += [IndexTarget(name=i.shadow_name, schema=copy.schema, table=copy.ident,
