@@ -44,9 +44,10 @@ def reader(conn: psycopg.Connection):  # type: ignore[no-untyped-def]
         conn.execute(sql.SQL("DROP ROLE {}").format(role))
 
 
-def test_the_readme_switch_follows_cutover_and_rollback(conn, reader, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("strategy", ["column", "copy"])
+def test_the_readme_switch_follows_cutover_and_rollback(conn, reader, run_cli, gemini, strategy: str) -> None:  # type: ignore[no-untyped-def]
     live_model = _readme_switch()
-    backfilled(conn, run_cli)
+    backfilled(conn, run_cli, plan_args=("--strategy", strategy))
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         reader.execute("SELECT phase FROM reembed.plans")
     assert live_model(reader, "docs", "embedding")["model"] == "nomic-embed-text"
@@ -63,9 +64,10 @@ def test_the_readme_switch_follows_cutover_and_rollback(conn, reader, run_cli, g
     assert live_model(reader, "docs", "embedding")["model"] == "gemini-embedding-001"  # stays after cleanup
 
 
-def test_a_comment_of_the_users_own_is_never_replaced(conn, reader, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
-    backfilled(conn, run_cli)
-    conn.execute(sql.SQL("COMMENT ON COLUMN docs.embedding IS {}").format(sql.Literal("passage vectors")))
+@pytest.mark.parametrize("strategy", ["column", "copy"])
+def test_a_comment_of_the_users_own_is_never_replaced(conn, reader, run_cli, gemini, strategy: str) -> None:  # type: ignore[no-untyped-def]
+    backfilled(conn, run_cli, plan_args=("--strategy", strategy),
+               before_run=lambda c: c.execute("COMMENT ON COLUMN docs.embedding IS 'passage vectors'"))
     assert run_cli("cutover", PLAN, "--force").exit_code == 0
     comment = conn.execute("SELECT col_description('docs'::regclass, attnum) FROM pg_attribute "
                            "WHERE attrelid = 'docs'::regclass AND attname = 'embedding'").fetchone()[0]

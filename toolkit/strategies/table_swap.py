@@ -33,6 +33,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from toolkit import column_tag
 from toolkit.errors import GateFailed
 from toolkit.indexes import bounded_identifier
 from toolkit.phases import dependents
@@ -481,9 +482,16 @@ def exchange_statements(c: psycopg.Connection, plan: Plan, record: PlanRecord, s
     current = {r[0]: r[1] for r in c.execute(
         "SELECT attname, col_description(attrelid, attnum) FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
         "AND NOT attisdropped", (_oid(c, schema, s.incoming),))}
+    wanted = dict(b.column_comments)
+    # The vector column's tag (toolkit.column_tag): the target's at cutover over no comment or a
+    # reembed tag; at rollback the original table keeps the comment it had, never the copy's tag.
+    if s.direction == "cutover" and column_tag.replaceable(wanted.get(plan.column)):
+        wanted[plan.column] = column_tag.live_tag(plan)
+    elif s.direction == "rollback" and column_tag.is_tag(wanted.get(plan.column)):
+        wanted[plan.column] = current.get(plan.column)
     out += [sql.SQL("COMMENT ON COLUMN {} IS {}").format(sql.Identifier(schema, plan.table_name, column),
                                                         sql.Literal(text))
-            for column, text in b.column_comments.items() if current.get(column) != text]
+            for column, text in wanted.items() if current.get(column) != text]
     out.append(sql.SQL("COMMENT ON TABLE {} IS {}").format(table, sql.Literal(b.comment)))
     for carried in plan.copy.indexes if plan.copy else []:  # the incoming index now has the original's name
         if b.index_comments.get(carried.original_name) is not None:
