@@ -185,7 +185,7 @@ def perform(conn: psycopg.Connection, plan: Plan, record: PlanRecord, exchange: 
         return {"swap_id": swap_id, "captured": captured, "record": record_json}
 
     locked = run_locked(conn, views + [table], swap, lock_timeout_ms=lock_timeout_ms, retries=retries,
-                        what=exchange.direction, on_retry=on_retry)
+                        what=exchange.direction, on_retry=on_retry, plan_id=record.id)
     conn.execute("UPDATE reembed.swaps SET lock_ms = %s, attempts = %s WHERE id = %s",
                  (locked.lock_ms, locked.attempts, locked.result["swap_id"]))
     record.phase = exchange.phase_after

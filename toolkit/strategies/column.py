@@ -126,11 +126,8 @@ class ColumnStrategy:
 
     def fill_statement(self, plan: Plan, phase: str, stage: sql.Identifier) -> sql.Composed:
         old = self.places(plan, phase).old
-        column = sql.Identifier(old.column)
-        return sql.SQL(
-            "UPDATE {table} AS t SET {column} = s.v FROM {stage} AS s WHERE {match} AND {hash} = s.hash "
-            "AND t.{column} IS NULL").format(table=old.ident, column=column, stage=stage,
-                                              match=_match(plan, "t", "s"), hash=plan.text_hash_expression("t"))
+        return template("rollback_fill_write", table=old.ident, column=sql.Identifier(old.column), stage=stage,
+                        match=_match(plan, "t", "s"), hash=plan.text_hash_expression("t"))
 
     # -- index ------------------------------------------------------------------------------
     def check_index(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> None:
@@ -218,17 +215,17 @@ class ColumnStrategy:
         return swap.statements(plan, exchange, captured)
 
     # -- cleanup / abandon ------------------------------------------------------------------
-    def cleanup(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
-                retries: int) -> DropResult:
+    def cleanup(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *,
+                recheck: Callable[[psycopg.Connection], None], lock_timeout_ms: int, retries: int) -> DropResult:
         old = self.places(plan, record.phase).old
         return _drop(conn, plan, record, column=old.column, indexes=old.index_names, phase="cleaned_up",
-                     lock_timeout_ms=lock_timeout_ms, retries=retries)
+                     recheck=recheck, lock_timeout_ms=lock_timeout_ms, retries=retries)
 
-    def abandon(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
-                retries: int) -> DropResult:
+    def abandon(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *,
+                recheck: Callable[[psycopg.Connection], None], lock_timeout_ms: int, retries: int) -> DropResult:
         new = self.places(plan, record.phase).new
         return _drop(conn, plan, record, column=new.column, indexes=new.index_names, phase="abandoned",
-                     lock_timeout_ms=lock_timeout_ms, retries=retries)
+                     recheck=recheck, lock_timeout_ms=lock_timeout_ms, retries=retries)
 
     def cleanup_sql(self, plan: Plan, plan_id: int = 0) -> list[sql.Composable]:
         old = self.places(plan, "cut_over").old
@@ -375,7 +372,7 @@ def _bound_elsewhere(conn: psycopg.Connection, oid: int, column: str, schema: st
 
 
 def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: str, indexes: list[str], phase: str,
-          lock_timeout_ms: int, retries: int) -> DropResult:
+          recheck: Callable[[psycopg.Connection], None], lock_timeout_ms: int, retries: int) -> DropResult:
     from toolkit.state import set_phase
 
     oid = dependents.table_oid(conn, plan.table)
@@ -401,17 +398,28 @@ def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: s
         if size:
             freed.append(index)
         drop_index(conn, ident)  # CONCURRENTLY where it can be: before the column, without a long lock
-    if exists:
-        def drop_column(c: psycopg.Connection) -> None:
+    names = tracking_names(record.id)
+
+    def drop(c: psycopg.Connection) -> None:
+        # The column, the tracking and the phase in one transaction, after the caller's re-check under
+        # the locks (the plan's row first): no writer is in flight, none can start by the old names,
+        # and no change the application makes can fall between the last check and the drop.
+        recheck(c)
+        if swap.column_state(c, oid, column) is not None:
             c.execute(template("cleanup_drop_column", table=plan.table, column=sql.Identifier(column)))
-        try:
-            run_locked(conn, [plan.table], drop_column, lock_timeout_ms=lock_timeout_ms, retries=retries,
-                       what=f"dropping column {column}")
-        except psycopg.errors.DependentObjectsStillExist as exc:
-            detail = (exc.diag.message_detail or "").replace("\n", "; ")
-            raise GateFailed(f"column {column} is still used: {detail}; drop or re-point that first "
-                             "(reembed drops without CASCADE)") from None
-    _drop_tracking(conn, plan, record, lock_timeout_ms=lock_timeout_ms, retries=retries)
+        c.execute(template("prepare_drop_trigger", trigger=sql.Identifier(names.trigger), table=plan.table))
+        c.execute(template("prepare_drop_function", function=names.function))
+        set_phase(c, record.id, phase, f"{phase}: dropped {column}" + (f" and {', '.join(indexes)}" if indexes else "")
+                  + f" and the change tracking ({names.trigger}, {names.function_name})", result.to_json())
+
+    try:
+        run_locked(conn, [plan.table], drop, lock_timeout_ms=lock_timeout_ms, retries=retries,
+                   what=f"dropping column {column}", plan_id=record.id)
+    except psycopg.errors.DependentObjectsStillExist as exc:
+        detail = (exc.diag.message_detail or "").replace("\n", "; ")
+        raise GateFailed(f"column {column} is still used: {detail}; drop or re-point that first "
+                         "(reembed drops without CASCADE)") from None
+    record.phase = phase
     if result.column_bytes:
         result.notes.append(
             f"{_mb(result.column_bytes)} of {column} stays in {plan.table_display}'s files until the table is "
@@ -419,9 +427,6 @@ def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: s
             f"`pg_repack --table {plan.table_display}` (online)")
     if result.index_bytes:
         result.notes.append(f"index {', '.join(freed)} freed {_mb(result.index_bytes)} at once")
-    set_phase(conn, record.id, phase, f"{phase}: dropped {column}" + (f" and {', '.join(indexes)}" if indexes else ""),
-              result.to_json())
-    record.phase = phase
     return result
 
 
