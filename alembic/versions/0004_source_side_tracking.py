@@ -6,14 +6,14 @@ the column it reads, and the source model's vectors, kept for a rollback, fall b
 remembered; `reembed.mark_changed()` is the one ledger upsert every strategy's change tracking
 calls, so both models' bookkeeping follows a change in the same statement.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-02
 """
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
