@@ -134,7 +134,7 @@ def test_rollback_lists_and_the_fill_re_embeds_every_row_changed_since_cutover(c
     assert _status(run_cli)["rows_source_stale"] == 0
     # A second fill finds nothing; abandon then has nothing owed.
     assert json.loads(run_cli("run", PLAN, "--rollback-fill", "--no-progress", "--json").stdout)["rows_written"] == 0
-    assert run_cli("abandon", PLAN, "--catch-up-rows", "0").exit_code == 0
+    assert run_cli("abandon", PLAN, "--yes", "--catch-up-rows", "0").exit_code == 0
     assert wrong_vectors(conn, PLAN, "old", column="embedding") == []
 
 
@@ -155,13 +155,13 @@ def test_old_model_writes_after_cutover_are_re_embedded_and_cleanup_leaves_none(
     assert any(h.startswith("3 rows the application inserted or changed") and f"reembed run {PLAN} --follow" in h
                for h in status["hints"]), status["hints"]
     shown = run_cli("status", PLAN)
-    assert f"{PLAN}: 3 rows the application inserted or changed" in shown.output
+    assert "  3 rows the application inserted or changed" in shown.output
     # cleanup never drops the tracking with rows pending: refused with their count...
-    refused = run_cli("cleanup", PLAN, "--catch-up-rows", "0")
+    refused = run_cli("cleanup", PLAN, "--yes", "--catch-up-rows", "0")
     assert refused.exit_code == 1 and "3 rows the application inserted or changed" in refused.stderr
     assert plan_row(conn)[0] == "cut_over" and plan_row(conn)[2] in columns(conn)
     # ... or embeds them first.
-    done = run_cli("cleanup", PLAN)
+    done = run_cli("cleanup", PLAN, "--yes")
     assert done.exit_code == 0, done.output
     assert "embedded 3 rows the application changed since the last run" in done.output
     assert plan_row(conn)[0] == "cleaned_up"
@@ -186,7 +186,7 @@ def test_run_follow_embeds_changes_until_cleanup_and_ends_cleanly(conn, run_cli,
         wait_for(lambda: ledger(conn, PLAN)["pending"] == 0, timeout=120, what="the follower to embed the changes")
         assert proc.poll() is None  # still following
         assert wrong_vectors(conn, PLAN, "new") == []
-        assert run_cli("cleanup", PLAN).exit_code == 0
+        assert run_cli("cleanup", PLAN, "--yes").exit_code == 0
         out, err = proc.communicate(timeout=120)
     finally:
         kill_9(proc)
@@ -228,7 +228,7 @@ def test_a_run_racing_abandon_stops_with_nothing_written(conn, run_cli, gemini, 
         wait_for(lambda: conn.execute("SELECT count(*) FROM reembed.ledger WHERE state = 'done'").fetchone()[0] >= 10
                  or proc.poll() is not None, timeout=180, what="the run to be writing")
         assert proc.poll() is None, proc.communicate()
-        assert run_cli("abandon", PLAN).exit_code == 0
+        assert run_cli("abandon", PLAN, "--yes").exit_code == 0
         out, err = proc.communicate(timeout=300)
     finally:
         kill_9(proc)
@@ -244,10 +244,10 @@ def test_abandon_after_a_rollback_gives_changed_rows_their_source_vector_first(c
     for i in range(15):
         conn.execute("UPDATE docs SET content = %s WHERE id = %s", (passage(60_000 + i), i))
     assert run_cli("rollback", PLAN).exit_code == 0
-    refused = run_cli("abandon", PLAN, "--catch-up-rows", "0")
+    refused = run_cli("abandon", PLAN, "--yes", "--catch-up-rows", "0")
     assert refused.exit_code == 1 and "15 rows changed since cutover" in refused.stderr
     assert plan_row(conn)[0] == "rolled_back"
-    done = run_cli("abandon", PLAN)
+    done = run_cli("abandon", PLAN, "--yes")
     assert done.exit_code == 0, done.output
     assert "gave 15 rows changed since cutover their ollama:nomic-embed-text vector" in done.output
     assert wrong_vectors(conn, PLAN, "old", column="embedding") == []
