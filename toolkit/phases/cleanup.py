@@ -137,16 +137,17 @@ def _under_lock(record: PlanRecord, plan: Plan, phases: tuple[str, ...],
 
 def _with_catch_up(catch_up: Callable[[], int], count: Callable[[], int], refusal: Callable[[int], RowsOwed],
                    drop: Callable[[], DropResult], limit: int) -> tuple[DropResult, int]:
-    """Catch up with what the tracking holds (when it is at most `limit` rows), refuse beyond that,
-    drop; a change that slips in before the lock makes the drop refuse, and the next try catches up."""
+    """Catch up with what the tracking holds (at most `limit` rows; more, or any with `limit` 0, is
+    refused), then drop at once: the drop re-checks under its locks, and a change that slipped in
+    since makes it refuse that try; the next catches up again. A live application rarely leaves
+    nothing owed at a moment outside the lock, so the check that counts is the one under it."""
     caught = 0
     for attempt in range(1, CATCH_UP_TRIES + 1):
         owed = count()
-        if owed and limit and owed <= limit:
-            caught += catch_up()
-            owed = count()
-        if owed:
+        if owed and (not limit or owed > limit):
             raise refusal(owed)
+        if owed:
+            caught += catch_up()
         try:
             return drop(), caught
         except RowsOwed:

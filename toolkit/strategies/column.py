@@ -230,11 +230,14 @@ class ColumnStrategy:
     def cleanup_sql(self, plan: Plan, plan_id: int = 0) -> list[sql.Composable]:
         old = self.places(plan, "cut_over").old
         names = tracking_names(plan_id)
-        out: list[sql.Composable] = [template("index_drop", index=sql.Identifier(plan.table_schema, name))
-                                     for name in old.index_names]
+        # As cleanup runs it: one locked transaction, so a refusal of its re-check drops nothing.
+        out: list[sql.Composable] = [sql.SQL("BEGIN"), template("cutover_lock", relations=plan.table)]
+        out += [template("cleanup_drop_index", index=sql.Identifier(plan.table_schema, name))
+                for name in old.index_names]
         out.append(template("cleanup_drop_column", table=plan.table, column=sql.Identifier(old.column)))
         out.append(template("prepare_drop_trigger", trigger=sql.Identifier(names.trigger), table=plan.table))
         out.append(template("prepare_drop_function", function=names.function))
+        out.append(sql.SQL("COMMIT"))
         return out
 
 
@@ -397,14 +400,16 @@ def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: s
             result.indexes.append(index)
         if size:
             freed.append(index)
-        drop_index(conn, ident)  # CONCURRENTLY where it can be: before the column, without a long lock
     names = tracking_names(record.id)
 
     def drop(c: psycopg.Connection) -> None:
-        # The column, the tracking and the phase in one transaction, after the caller's re-check under
+        # Indexes, column, tracking and phase in one transaction, after the caller's re-check under
         # the locks (the plan's row first): no writer is in flight, none can start by the old names,
-        # and no change the application makes can fall between the last check and the drop.
+        # no change the application makes falls between the last check and the drop, and a refusal
+        # leaves everything in place (a rollback stays possible). Only catalog work under the lock.
         recheck(c)
+        for index in indexes:
+            c.execute(template("cleanup_drop_index", index=sql.Identifier(plan.table_schema, index)))
         if swap.column_state(c, oid, column) is not None:
             c.execute(template("cleanup_drop_column", table=plan.table, column=sql.Identifier(column)))
         c.execute(template("prepare_drop_trigger", trigger=sql.Identifier(names.trigger), table=plan.table))
