@@ -168,7 +168,8 @@ REFUSALS = ("cannot ", "is not complete", "moved to phase", "by another command"
 
 class Interleaving:
     def __init__(self, seed: int, strategy: str, forker: Forker, conn: psycopg.Connection, run_cli,  # type: ignore[no-untyped-def]
-                 dsn: str, tmp_path: Path) -> None:
+                 dsn: str, tmp_path: Path, steps: tuple[int, int]) -> None:
+        self.steps = steps  # how many random steps before the sequence settles (at least, at most)
         self.seed, self.strategy, self.forker, self.conn, self.run_cli = seed, strategy, forker, conn, run_cli
         self.dsn, self.tmp = dsn, tmp_path
         self.rng = random.Random(seed)
@@ -185,120 +186,6 @@ class Interleaving:
         pytest.fail(f"seed {self.seed} ({self.strategy}): {why}\n  replay: REEMBED_INTERLEAVING_SEED={self.seed} "
                     f"REEMBED_INTERLEAVING_STRATEGY={self.strategy} pytest tests/test_interleavings.py\n  "
                     + "\n  ".join(self.log) + "\n  events:\n    " + "\n    ".join(trail), pytrace=False)
-
-    def start(self, argv: list[str], env: dict[str, str], cwd: Path) -> "Command":
-        self.count += 1
-        out = str(self.workdir / f"cmd{self.count}")
-        self.proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": str(cwd), "out": out}) + "\n")  # type: ignore[union-attr]
-        self.proc.stdin.flush()  # type: ignore[union-attr]
-        pid = json.loads(self.proc.stdout.readline())["pid"]  # type: ignore[union-attr]
-        return Command(argv=argv, pid=pid, out=out)
-
-    def close(self) -> None:
-        self.proc.stdin.close()  # type: ignore[union-attr]
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@dataclass
-class Command:
-    argv: list[str]
-    pid: int
-    out: str
-    started: float = field(default_factory=time.monotonic)
-    killed: bool = False
-    reported: bool = False
-
-    @property
-    def rc(self) -> int | None:
-        try:
-            return int(Path(self.out + ".rc").read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-
-    @property
-    def running(self) -> bool:
-        return self.rc is None
-
-    def wait(self, timeout: float = COMMAND_TIMEOUT) -> int:
-        wait_for(lambda: not self.running, timeout=timeout, step=0.02, what=f"`reembed {' '.join(self.argv)}` to end")
-        return self.rc  # type: ignore[return-value]
-
-    def signal(self, sig: int) -> None:
-        if self.running:  # never signal a pid once its exit status is written: it may be reused
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def kill_9(self) -> None:
-        if self.running:
-            self.killed = True
-            self.signal(signal.SIGKILL)
-        self.wait()
-
-    def stderr(self) -> str:
-        return Path(self.out + ".stderr").read_text(errors="replace")
-
-    def stdout(self) -> str:
-        return Path(self.out + ".stdout").read_text(errors="replace")
-
-    def describe(self) -> str:
-        state = "killed" if self.killed else f"exit {self.rc}"
-        tail = self.stderr().strip().splitlines()[-1:] if self.rc not in (0, None) and not self.killed else []
-        return (f"reembed {' '.join(self.argv)} -> {state} after {time.monotonic() - self.started:.1f}s"
-                + (f" ({tail[0][:200]})" if tail else ""))
-
-
-@pytest.fixture(scope="session")
-def forker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Forker]:
-    server = Forker(tmp_path_factory.mktemp("commands"))
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-# -- one seed -------------------------------------------------------------------------------------
-
-# (weight, argv without the plan) of the commands a sequence draws from.
-MENU: list[tuple[float, list[str]]] = [
-    (3.0, ["run", "--concurrency", "2", "--no-progress"]),
-    (0.8, ["run", "--follow", "--concurrency", "2", "--no-progress"]),
-    (1.5, ["run", "--rollback-fill", "--no-progress"]),
-    (1.0, ["index", "--no-progress"]),
-    (2.0, ["cutover", "--force"]),
-    (2.0, ["rollback"]),
-    (0.6, ["cleanup"]),
-    (0.6, ["abandon"]),
-]
-# Refusals a command may rightly answer in a random sequence (exit 1): anything else is a failure.
-REFUSALS = ("cannot ", "is not complete", "moved to phase", "by another command", "nothing was", "refused",
-            "no longer", "not prepared", "is cleaned_up", "is abandoned", "is missing or INVALID", "does not exist: run",
-            "rows changed since cutover", "rows the application inserted", "could not take the lock")
-
-
-class Interleaving:
-    def __init__(self, seed: int, strategy: str, forker: Forker, conn: psycopg.Connection, run_cli,  # type: ignore[no-untyped-def]
-                 dsn: str, tmp_path: Path) -> None:
-        self.seed, self.strategy, self.forker, self.conn, self.run_cli = seed, strategy, forker, conn, run_cli
-        self.dsn, self.tmp = dsn, tmp_path
-        self.rng = random.Random(seed)
-        self.log: list[str] = []
-        self.commands: list[Command] = []
-        self.app: subprocess.Popen | None = None
-
-    # -- helpers ----------------------------------------------------------------------------------
-    def fail(self, why: str) -> None:
-        if os.environ.get("REEMBED_INTERLEAVING_DEBUG"):
-            cols = self.conn.execute("SELECT attname, attnum, attisdropped FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attnum > 0").fetchall()
-            ev = self.conn.execute("SELECT at, kind, phase, message FROM reembed.events ORDER BY id").fetchall()
-            self.log.append(f"DEBUG columns {cols}")
-            self.log += [f"DEBUG event {e}" for e in ev]
-        pytest.fail(f"seed {self.seed} ({self.strategy}): {why}\n  " + "\n  ".join(self.log), pytrace=False)
 
     def start(self, argv: list[str]) -> Command:
         if argv[0] in ("run",) and "--follow" not in argv and "--rollback-fill" not in argv:
@@ -390,7 +277,7 @@ class Interleaving:
         self.setup()
         self.start_app()
         try:
-            for _ in range(self.rng.randint(4, 7)):
+            for _ in range(self.rng.randint(*self.steps)):
                 self.step()
         finally:
             self.stop_app()
@@ -496,9 +383,10 @@ class Interleaving:
             self.fail(f"the sequence did not settle: phase {phase}")
 
 
-def _play(seed: int, strategy: str, forker: Forker, conn, run_cli, database, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def _play(seed: int, strategy: str, forker: Forker, conn, run_cli, database, tmp_path,  # type: ignore[no-untyped-def]
+          steps: tuple[int, int]) -> None:
     started = time.monotonic()
-    play = Interleaving(seed, strategy, forker, conn, run_cli, database.dsn, tmp_path)
+    play = Interleaving(seed, strategy, forker, conn, run_cli, database.dsn, tmp_path, steps)
     play.play()
     print(f"[interleaving] seed {seed} ({strategy}): {len(play.commands)} commands, "
           f"{sum(c.killed for c in play.commands)} killed, {time.monotonic() - started:.1f}s\n  "
@@ -507,11 +395,11 @@ def _play(seed: int, strategy: str, forker: Forker, conn, run_cli, database, tmp
 
 @pytest.mark.parametrize(("seed", "strategy"), _cases(range(1, DEFAULT_SEEDS + 1)))
 def test_random_interleavings(seed, strategy, forker, conn, run_cli, database, provider_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    _play(seed, strategy, forker, conn, run_cli, database, tmp_path)
+    _play(seed, strategy, forker, conn, run_cli, database, tmp_path, steps=(3, 6))
 
 
 @pytest.mark.soak
 @pytest.mark.parametrize(("seed", "strategy"), _cases(range(1000, 1000 + SOAK_SEEDS)))
 def test_random_interleavings_soak(seed, strategy, forker, conn, run_cli, database, provider_env,  # type: ignore[no-untyped-def]
                                    tmp_path) -> None:
-    _play(seed, strategy, forker, conn, run_cli, database, tmp_path)
+    _play(seed, strategy, forker, conn, run_cli, database, tmp_path, steps=(4, 8))
