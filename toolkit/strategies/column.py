@@ -389,7 +389,7 @@ def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: s
         result.column_bytes = conn.execute(template("cleanup_column_bytes", column=sql.Identifier(column),
                                                     table=plan.table)).fetchone()[0]  # type: ignore[index]
     freed = []
-    from toolkit.phases.index import drop_index, index_bytes
+    from toolkit.phases.index import index_bytes
 
     for index in indexes:
         ident = sql.Identifier(plan.table_schema, index)
