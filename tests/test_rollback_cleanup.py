@@ -35,7 +35,7 @@ def _leftovers(conn: psycopg.Connection) -> dict[str, list[str]]:
             "SELECT tgname FROM pg_trigger WHERE tgrelid = 'docs'::regclass AND NOT tgisinternal")],
         "functions": [r[0] for r in conn.execute(
             "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-            "WHERE n.nspname = 'reembed' AND p.proname <> 'mark_changed'")],  # the registry's own, shared
+            "WHERE n.nspname = 'reembed' AND p.proname NOT IN ('mark_changed', 'guard_write')")],  # the registry's own
         "columns": [c for c in columns(conn) if "__" in c],
         "indexes": [n for n in indexes(conn) if "__" in n],
         "constraints": [r[0] for r in conn.execute(
