@@ -156,25 +156,27 @@ def test_a_write_waits_for_a_phase_change_in_flight_and_follows_it(conn, run_cli
     writer, plan_id, owner = _writer(conn, run_cli)
     batch = writer.claim(Claim(20, 300))
     mover = database.connect()
+    result: dict[str, object] = {}
+    writing = threading.Thread(target=lambda: result.update(
+        done=writer.write_then_claim(batch.rows, _unit(20), {}, None)))
     try:
         # A swap's transaction: the plan's row locked first, the phase recorded at its end.
         mover.autocommit = False
         mover.execute("SELECT phase FROM reembed.plans WHERE id = %s FOR NO KEY UPDATE", (plan_id,))
-        result: dict[str, object] = {}
-        writing = threading.Thread(target=lambda: result.update(
-            done=writer.write_then_claim(batch.rows, _unit(20), {}, None)))
         writing.start()
-        wait_for(lambda: mover.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%%guard_write%%'"
-        ).fetchone()[0] == 1, timeout=120, what="the write to wait for the plan's row")
+        # This writer's own session waits for a lock (the server's other sessions may be other tests').
+        wait_for(lambda: mover.execute("SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND NOT granted)",
+                                       (conn.info.backend_pid,)).fetchone()[0],
+                 timeout=120, what="the write to wait for the plan's row")
         assert mover.execute(sql.SQL("SELECT count({}) FROM docs").format(
             sql.Identifier(shadow_column(mover, "p1")))).fetchone()[0] == 0  # nothing written meanwhile
         mover.execute("UPDATE reembed.plans SET phase = 'backfilled' WHERE id = %s", (plan_id,))
         mover.commit()
-        writing.join(timeout=120)
-        assert not writing.is_alive()
     finally:
-        mover.close()
+        mover.close()  # releases the row whatever happened, so the writer ends before `conn` is closed
+        if writing.ident is not None:
+            writing.join(timeout=120)
+    assert not writing.is_alive()
     outcome, _ = result["done"]  # type: ignore[misc]
     assert outcome.written == 20 and writer.guard.phase == "backfilled"
 
