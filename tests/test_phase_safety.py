@@ -8,31 +8,20 @@ from __future__ import annotations
 
 import json
 import signal
-from typing import Iterator
 
 import numpy as np
 import psycopg
 import pytest
 
-from backfill_support import gemini  # noqa: F401 (fixture)
+from backfill_support import gemini, ollama  # noqa: F401 (fixtures)
 from reliability_support import kill_9, ledger, reembed_process, wait_for, wrong_vectors
 from swap_support import PLAN, columns, plan_row
 from tables import create_docs, passage
-from toolkit.emulators import expected_vector, expected_vectors, start_ollama
+from toolkit.emulators import expected_vector, expected_vectors
 from toolkit.state import set_phase
 
 SOURCE = "ollama:nomic-embed-text"
 TARGET = "gemini:gemini-embedding-001"
-
-
-@pytest.fixture()
-def ollama(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    server = start_ollama()
-    monkeypatch.setenv("OLLAMA_HOST", server.base_url)
-    try:
-        yield server.base_url
-    finally:
-        server.stop()
 
 
 def _source_vectors(texts: list[str]) -> np.ndarray:

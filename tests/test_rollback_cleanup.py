@@ -4,28 +4,17 @@
 from __future__ import annotations
 
 import json
-from typing import Iterator
 
 import numpy as np
 import psycopg
 import pytest
 
-from backfill_support import TARGET, gemini  # noqa: F401 (fixture)
+from backfill_support import TARGET, gemini, ollama  # noqa: F401 (fixtures)
 from swap_support import PLAN, backfilled, columns, indexes, plan_row, swap_record, vector_of
 from tables import passage
-from toolkit.emulators import expected_vector, start_ollama
+from toolkit.emulators import expected_vector
 
 APP_QUERY = "SELECT id FROM docs ORDER BY embedding <=> %s LIMIT 5"
-
-
-@pytest.fixture()
-def ollama(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    server = start_ollama()
-    monkeypatch.setenv("OLLAMA_HOST", server.base_url)
-    try:
-        yield server.base_url
-    finally:
-        server.stop()
 
 
 def _leftovers(conn: psycopg.Connection) -> dict[str, list[str]]:
