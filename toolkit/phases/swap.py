@@ -20,9 +20,9 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from toolkit import column_tag
 from toolkit.errors import GateFailed
 from toolkit.phases import dependents
-from toolkit import column_tag
 from toolkit.phases.ddl import recorded, template
 from toolkit.phases.locking import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_RETRIES, run_locked
 from toolkit.plan import PG_IDENTIFIER_MAX, Plan
