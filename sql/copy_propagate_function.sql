@@ -20,14 +20,21 @@ BEGIN
             RETURN NULL;
         END IF;
     ELSIF TG_OP = 'UPDATE' AND {unchanged} THEN
-        RETURN NULL;  -- only the vector changed (reembed's own write, or the application's)
+        -- Only the vector changed: reembed's own write (its writers set reembed.writing), or the
+        -- application's. Before the first cutover the application's column is its own; from then
+        -- on an instance still on the other model re-saving a document must not leave that
+        -- model's vector: the row is embedded again. The mirror keeps its own vector. Vectors are
+        -- compared as text: the type's = lives in pgvector's schema, off the pinned path.
+        IF coalesce(current_setting('reembed.writing', true), '') <> 'on'
+                AND EXISTS (SELECT 1 FROM reembed.plans AS p WHERE p.id = {plan_id} AND p.cut_over_at IS NOT NULL)
+                AND OLD.{vector}::text IS DISTINCT FROM NEW.{vector}::text THEN
+            PERFORM reembed.mark_changed({plan_id}, {new_key});
+        END IF;
+        RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' OR {old_key} IS DISTINCT FROM {new_key} OR {text_changed} THEN
-        INSERT INTO reembed.ledger AS l (plan_id, pk, state)
-        VALUES ({plan_id}, {new_key}, 'pending')
-        ON CONFLICT (plan_id, pk) DO UPDATE
-            SET state = 'pending', text_hash = NULL, skip_reason = NULL, changed_at = now(),
-                lease_owner = NULL, lease_until = NULL;
+        -- pending for the target model, lease revoked, and after the first cutover stale for the source
+        PERFORM reembed.mark_changed({plan_id}, {new_key});
     END IF;
     INSERT INTO {target} AS m ({columns}) OVERRIDING SYSTEM VALUE VALUES ({values})
     ON CONFLICT ({key}) DO UPDATE SET {assignments},

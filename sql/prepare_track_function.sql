@@ -1,6 +1,8 @@
 -- Change tracking of one plan. Every insert, and every update that changes the embedded text,
--- the title or the key, puts the row back in the ledger as pending; a delete removes its ledger
--- row. It never modifies the application's row (the application may write its own vectors).
+-- the title or the key, puts the row back in the ledger as pending (and, after the first
+-- cutover, marks its source-model vector stale: reembed.mark_changed); a delete removes its
+-- ledger row. It never modifies the application's row: whatever vector the application wrote,
+-- reembed embeds the row again.
 -- SECURITY DEFINER with a pinned search_path: the application's role needs no rights on the
 -- reembed schema, and nothing it puts on its search_path can capture the calls.
 CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
@@ -16,10 +18,7 @@ BEGIN
     IF TG_OP = 'DELETE' THEN
         RETURN NULL;
     END IF;
-    INSERT INTO reembed.ledger AS l (plan_id, pk, state)
-    VALUES ({plan_id}, {new_key}, 'pending')
-    ON CONFLICT (plan_id, pk) DO UPDATE
-        SET state = 'pending', text_hash = NULL, skip_reason = NULL, changed_at = now();
+    PERFORM reembed.mark_changed({plan_id}, {new_key});
     RETURN NULL;
 END
 $reembed$

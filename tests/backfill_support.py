@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from toolkit.emulators import EmulatorServer, expected_vector, start_gemini
+from toolkit.emulators import EmulatorServer, expected_vector, start_gemini, start_ollama
 
 TARGET = "gemini:gemini-embedding-001"
 API_KEY = "test-key-backfill-0001"
@@ -34,6 +34,17 @@ def gemini(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
     monkeypatch.delenv("REEMBED_GEMINI_BASE_URL", raising=False)
     try:
         yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def ollama(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An Ollama emulator (the source model, for rollback fill and verify); OLLAMA_HOST points at it."""
+    server = start_ollama()
+    monkeypatch.setenv("OLLAMA_HOST", server.base_url)
+    try:
+        yield server.base_url
     finally:
         server.stop()
 

@@ -44,18 +44,27 @@ RESULTS = Path(os.environ.get("REEMBED_RELIABILITY_RESULTS",
 def lost_rows(conn: psycopg.Connection, plan_name: str, column: str | None = None) -> list[str]:
     """Every row whose stored target vector is not exactly the target model's vector of the row's
     current text and title (missing counts, except for blank text, which must have none)."""
+    return wrong_vectors(conn, plan_name, "new", column)
+
+
+def wrong_vectors(conn: psycopg.Connection, plan_name: str, role: str = "new", column: str | None = None) -> list[str]:
+    """Every row whose vector in the place holding one model's vectors in the plan's current phase
+    (`role` "new": the target model's, `places(...).new`; "old": the source model's) is not exactly
+    that model's vector of the row's current text and title. `column`: that column of the plan's
+    table instead."""
     from toolkit.phases.prepare import key_json
 
     plan, record = load(conn, plan_name)
-    new = places(plan, record.phase).new
-    table = new.ident if column is None else plan.table
-    column = column or new.column
+    place = getattr(places(plan, record.phase), role)
+    table = place.ident if column is None else plan.table
+    column = column or place.column
+    model = plan.target if role == "new" else plan.source
     rows = conn.execute(sql.SQL("SELECT {key}, {text}, {title}, {vec} FROM {table} AS t").format(
         key=key_json(plan, "t"), text=plan.text_expression("t"), title=plan.title_expression("t"),
         vec=sql.Identifier("t", column), table=table)).fetchall()
     return [problem for key, text, title, vector in rows
             if (problem := vector_problem(key, text, vector, lambda: expected_vector(
-                plan.target, text, task_type=plan.document_task, title=title, dimensions=plan.dimensions)))]
+                model, text, task_type=plan.document_task, title=title, dimensions=plan.dimensions)))]
 
 
 def assert_nothing_lost(conn: psycopg.Connection, plan_name: str, column: str | None = None) -> int:

@@ -1,9 +1,12 @@
 """The batch writer's single round trip: the write (BEGIN, staging, the strategy's guarded statement,
 releases, COMMIT) and the claim of the next batch go down one psycopg pipeline. What must hold
 whatever fails in it: a row is `done` only in the transaction that wrote its vector, no lease is
-left behind by a failed write, and a failed claim after a committed write loses nothing."""
+left behind by a failed write, a failed claim after a committed write loses nothing, and a write
+built for a phase the plan has left writes nothing (its first statement, the place check, refuses)."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import psycopg
@@ -11,10 +14,12 @@ import pytest
 from psycopg import sql
 
 from backfill_support import make_plan, shadow_column
+from reliability_support import wait_for
 from tables import create_docs
 from toolkit.phases import ledger
 from toolkit.phases.prepare import prepare
-from toolkit.phases.writer import BatchWriter, Claim
+from toolkit.errors import PlanMoved
+from toolkit.phases.writer import PLACE_MOVED, BatchWriter, Claim
 from toolkit.plan import load
 
 ROWS = 60
@@ -120,3 +125,72 @@ def test_a_row_deleted_after_its_claim_comes_back_as_gone(conn, run_cli) -> None
     claimed = writer.claim(Claim(20, 300))
     assert claimed.gone == [first_key] and len(claimed.rows) == 19
     assert writer.forget_missing(claimed.gone) == 1
+
+
+def test_a_write_built_for_another_phase_writes_nothing_then_follows_the_plan(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
+    writer, plan_id, owner = _writer(conn, run_cli)
+    batch = writer.claim(Claim(20, 300))
+    # Another command moves the plan on behind the writer (here without moving its place).
+    conn.execute("UPDATE reembed.plans SET phase = 'backfilled' WHERE id = %s", (plan_id,))
+    outcome, claimed = writer.write_then_claim(batch.rows, _unit(20), {}, Claim(20, 300))
+    # The place check refused the first round trip; the second, built for the phase now, wrote.
+    assert outcome.written == 20 and claimed is not None and len(claimed.rows) == 20
+    assert writer.guard.phase == "backfilled" and writer.guard.moves == 0
+    assert _states(conn) == {"done": 20, "pending": 40, "leased": 20}
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_the_place_check_refuses_inside_the_pipeline_with_its_own_sqlstate(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
+    writer, plan_id, owner = _writer(conn, run_cli)
+    conn.execute("UPDATE reembed.plans SET phase = 'backfilling' WHERE id = %s", (plan_id,))
+    conn.execute("SELECT reembed.guard_write(%s, 'backfilling')", (plan_id,))  # the phase it is in: passes
+    with pytest.raises(psycopg.Error) as refused:
+        conn.execute("SELECT reembed.guard_write(%s, 'cut_over')", (plan_id,))
+    assert refused.value.sqlstate == PLACE_MOVED
+    with pytest.raises(psycopg.Error) as gone:
+        conn.execute("SELECT reembed.guard_write(%s, 'backfilling')", (plan_id + 1000,))
+    assert gone.value.sqlstate == PLACE_MOVED and "no longer registered" in str(gone.value)
+
+
+def test_a_write_waits_for_a_phase_change_in_flight_and_follows_it(conn, run_cli, database) -> None:  # type: ignore[no-untyped-def]
+    writer, plan_id, owner = _writer(conn, run_cli)
+    batch = writer.claim(Claim(20, 300))
+    mover = database.connect()
+    result: dict[str, object] = {}
+    writing = threading.Thread(target=lambda: result.update(
+        done=writer.write_then_claim(batch.rows, _unit(20), {}, None)))
+    try:
+        # A swap's transaction: the plan's row locked first, the phase recorded at its end.
+        mover.autocommit = False
+        mover.execute("SELECT phase FROM reembed.plans WHERE id = %s FOR NO KEY UPDATE", (plan_id,))
+        writing.start()
+        # This writer's own session waits for a lock (the server's other sessions may be other tests').
+        wait_for(lambda: mover.execute("SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND NOT granted)",
+                                       (conn.info.backend_pid,)).fetchone()[0],
+                 timeout=120, what="the write to wait for the plan's row")
+        assert mover.execute(sql.SQL("SELECT count({}) FROM docs").format(
+            sql.Identifier(shadow_column(mover, "p1")))).fetchone()[0] == 0  # nothing written meanwhile
+        mover.execute("UPDATE reembed.plans SET phase = 'backfilled' WHERE id = %s", (plan_id,))
+        mover.commit()
+    finally:
+        mover.close()  # releases the row whatever happened, so the writer ends before `conn` is closed
+        if writing.ident is not None:
+            writing.join(timeout=120)
+    assert not writing.is_alive()
+    outcome, _ = result["done"]  # type: ignore[misc]
+    assert outcome.written == 20 and writer.guard.phase == "backfilled"
+
+
+@pytest.mark.parametrize("final", ["cleaned_up", "abandoned"])
+def test_a_write_after_cleanup_or_abandon_writes_nothing_and_says_so(conn, run_cli, final) -> None:  # type: ignore[no-untyped-def]
+    writer, plan_id, owner = _writer(conn, run_cli)
+    batch = writer.claim(Claim(20, 300))
+    conn.execute("UPDATE reembed.plans SET phase = %s WHERE id = %s", (final, plan_id))
+    with pytest.raises(PlanMoved) as stopped:
+        writer.write_then_claim(batch.rows, _unit(20), {}, Claim(20, 300))
+    assert stopped.value.phase == final
+    # Nothing written, nothing marked, no next batch claimed; the caller releases what it holds.
+    assert _states(conn) == {"pending": 60, "leased": 20}
+    column = shadow_column(conn, "p1")
+    assert conn.execute(sql.SQL("SELECT count({}) FROM docs").format(sql.Identifier(column))).fetchone()[0] == 0
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

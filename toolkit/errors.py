@@ -21,6 +21,15 @@ class GateFailed(ReembedError):
     exit_code = 1
 
 
+class PlanMoved(GateFailed):
+    """Another command moved the plan to another phase (or dropped what this one works on) while
+    this one ran: it stopped without writing anything for the old layout."""
+
+    def __init__(self, message: str, phase: str) -> None:
+        super().__init__(message)
+        self.phase = phase
+
+
 class Unreachable(ReembedError):
     """The database or a provider could not be reached (exit 3)."""
 

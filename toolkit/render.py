@@ -145,6 +145,7 @@ def status_report(s: "PlanStatus") -> str:
                      f"{p.rows_embedded_more_than_once} rows embedded more than once")
     if s.last_event:
         lines.append(f"  last event {s.last_event['at']}: {s.last_event['message']}")
+    lines += [f"  {hint}" for hint in s.hints]
     return "\n".join(lines)
 
 

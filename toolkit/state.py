@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Sequence
 
 import psycopg
 from psycopg.rows import class_row
@@ -116,11 +116,39 @@ def list_plans(conn: psycopg.Connection) -> list[PlanRecord]:
 
 
 def set_phase(conn: psycopg.Connection, plan_id: int, phase: str, message: str | None = None,
-              details: dict[str, Any] | None = None) -> None:
+              details: dict[str, Any] | None = None, *, expect: Sequence[str] | None = None) -> bool:
+    """Move the plan to `phase`. With `expect`, only from one of those phases (compare and set):
+    a command that read the phase long ago must not move back a plan another command moved on
+    meanwhile (a verify finishing after a cutover). Returns False when nothing was changed.
+
+    The first cutover is stamped (`cut_over_at`): from then on the change tracking also marks
+    rows whose source-model vector fell behind their text (reembed.mark_changed).
+
+    A transaction that also writes the user's table or the ledger must lock the plan's row
+    before those (`current_phase(conn, id, lock="NO KEY UPDATE")`): writers hold it FOR SHARE
+    while they write rows, so the other order could wait in a circle."""
     if phase not in PHASES:
         raise ValueError(f"unknown phase {phase!r}")
-    conn.execute("UPDATE reembed.plans SET phase = %s, updated_at = now() WHERE id = %s", (phase, plan_id))
+    changed = conn.execute(
+        "UPDATE reembed.plans SET phase = %s, updated_at = now(), "
+        "cut_over_at = CASE WHEN %s = 'cut_over' THEN coalesce(cut_over_at, now()) ELSE cut_over_at END "
+        "WHERE id = %s AND (%s::text[] IS NULL OR phase = ANY (%s::text[]))",
+        (phase, phase, plan_id, list(expect) if expect is not None else None,
+         list(expect) if expect is not None else None)).rowcount
+    if not changed:
+        return False
     log_event(conn, plan_id, "phase", message or f"phase is now {phase}", details=details, phase=phase)
+    return True
+
+
+def current_phase(conn: psycopg.Connection, plan_id: int, lock: str | None = None) -> str:
+    """The plan's phase now; with `lock` ("SHARE" for writers, "NO KEY UPDATE" for what changes where
+    the vectors are), its registry row stays locked until the caller's transaction ends."""
+    suffix = {None: "", "SHARE": " FOR SHARE", "NO KEY UPDATE": " FOR NO KEY UPDATE"}[lock]
+    row = conn.execute("SELECT phase FROM reembed.plans WHERE id = %s" + suffix, (plan_id,)).fetchone()
+    if row is None:
+        raise BadInput(f"plan {plan_id} is no longer registered")
+    return row[0]
 
 
 def log_event(conn: psycopg.Connection, plan_id: int | None, kind: str, message: str,

@@ -9,9 +9,9 @@ import click
 from toolkit import render
 from toolkit.cli.common import cli, connected, dsn_option, echo_json, handle_errors, json_option
 from toolkit.cli.options import POSITIVE_INT, concurrency_option, provider_options, quota_options
+from toolkit.errors import BadInput
 from toolkit.phases.backfill import DEFAULT_BATCH_SIZE, DEFAULT_LEASE_SECONDS, RunOptions, RunSummary, rollback_fill
 from toolkit.phases.backfill import run as run_backfill
-from toolkit.errors import BadInput
 from toolkit.providers.models import BATCH_JOB_ROWS
 from toolkit.strategies import STRATEGIES
 
@@ -47,6 +47,9 @@ from toolkit.strategies import STRATEGIES
               help="Seconds between polls of the open batch jobs (--batch-api).")
 @click.option("--batch-inline-limit-bytes", type=POSITIVE_INT, hidden=True,
               help="Above this request size a job's requests go as an uploaded file (default: the API's limit).")
+@click.option("--follow", is_flag=True,
+              help="Keep embedding the rows the application inserts or changes as they come, until the plan is "
+                   "cleaned up, abandoned or rolled back (or Ctrl-C / SIGTERM, which end it cleanly).")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
 @provider_options
 @dsn_option
@@ -55,7 +58,8 @@ from toolkit.strategies import STRATEGIES
 def run(plan_ref: str, batch_size: int, concurrency: int, workers: int, rpm: int | None, tpm: int | None,
         rpd: int | None, max_rows_per_second: float | None, max_replica_lag: float | None, lease_seconds: float,
         fill_old: bool, batch_api: bool,
-        batch_job_rows: int, batch_poll_seconds: float, batch_inline_limit_bytes: int | None, no_progress: bool,
+        batch_job_rows: int, batch_poll_seconds: float, batch_inline_limit_bytes: int | None, follow: bool,
+        no_progress: bool,
         dsn: str | None, as_json: bool) -> None:
     """Fill the new-model column of PLAN (its name or plan file), preparing it first when needed:
     adds the shadow column, installs change tracking, then embeds every row in leased, checkpointed
@@ -65,13 +69,22 @@ def run(plan_ref: str, batch_size: int, concurrency: int, workers: int, rpm: int
     \b
     Safe to interrupt (even kill -9) and run again: it continues where it stopped. Several
     `reembed run` on several machines share the work. Exit 0 when nothing is left pending.
+    After cutover, until cleanup, reembed owns the column: every row the application inserts
+    or whose text changes is embedded again, whatever vector it wrote. Run this (or keep
+    `--follow` running) until every application instance writes with the new model.
+    Every write checks, in its own transaction, where the plan's vectors are now: a run
+    racing a cutover, rollback, cleanup or abandon follows the swap or stops, never
+    writing by the old names.
     """
-    options = RunOptions(batch_size=batch_size, concurrency=concurrency, workers=workers, rpm=rpm, tpm=tpm, rpd=rpd,
-                         max_rows_per_second=max_rows_per_second, max_replica_lag=max_replica_lag,
-                         lease_seconds=lease_seconds,
-                         progress=not no_progress)
+    if follow and fill_old:
+        raise BadInput("--follow and --rollback-fill do not go together: the fill walks the table once")
+    if follow and batch_api:
+        raise BadInput("--follow and --batch-api do not go together: batch jobs take minutes to hours")
     if batch_api and fill_old:
         raise BadInput("--batch-api and --rollback-fill do not go together")
+    options = RunOptions(batch_size=batch_size, concurrency=concurrency, workers=workers, rpm=rpm, tpm=tpm, rpd=rpd,
+                         max_rows_per_second=max_rows_per_second, max_replica_lag=max_replica_lag,
+                         lease_seconds=lease_seconds, progress=not no_progress, follow=follow)
     with connected(dsn) as (db, _conn):  # applies reembed's schema when missing; the run opens its own connections
         if batch_api:
             from toolkit.phases.batch_api import BatchOptions, run_batch
@@ -103,9 +116,12 @@ def _summary_text(s: RunSummary) -> str:
     if c.replica_pauses:
         lines.append(f"  writing paused {c.replica_pauses} times ({c.replica_paused_seconds:.0f}s) for standbys behind "
                      "--max-replica-lag")
+    if s.followed_until:
+        why = "a signal" if s.followed_until == "signal" else f"the plan being {s.followed_until.replace('_', ' ')}"
+        lines.append(f"  followed the application's changes until {why}")
     if p.rows_pending:
         lines.append(f"  {p.rows_pending} rows still pending (changed by the application during the run, or held "
-                     "by other processes); run again, or let cutover catch them up")
+                     "by other processes); run again, or let cutover (or cleanup) catch them up")
     return "\n".join(lines)
 
 

@@ -134,19 +134,20 @@ def rollback(plan_ref: str, lock_timeout: int, retries: int, refresh_matviews: b
             click.echo(f"  {note}")
     if result.missing_keys:
         more = result.missing_total - len(result.missing_keys)
-        click.echo("  rows without an old-model vector: " + ", ".join(result.missing_keys)
+        click.echo("  rows without an old-model vector of their text: " + ", ".join(result.missing_keys)
                    + (f" and {more} more" if more > 0 else ""))
 
 
-def _drop_command(action: Any, kind: str, plan_ref: str, lock_timeout: int, retries: int, yes: bool,
-                  dsn: str | None, as_json: bool) -> None:
-    """cleanup and abandon: show what will be dropped and ask, then drop, and one report."""
-    with connected(dsn) as (_, conn):
+def _drop_command(action: Any, kind: str, plan_ref: str, lock_timeout: int, retries: int, catch_up_rows: int,
+                  yes: bool, dsn: str | None, as_json: bool) -> None:
+    """cleanup and abandon: show what will be dropped and ask, then drop (catching up first), and one report."""
+    with connected(dsn) as (db, conn):
         plan, record = load(conn, plan_ref)
         preview = preview_drop(conn, plan, record, "cleanup" if action is cleanup_plan else "abandon")
         if preview.needs_confirmation:
             confirm_irreversible(f"{preview.action} plan {plan.name}", _question(preview), yes=yes)
-        result = action(conn, plan, record, lock_timeout_ms=lock_timeout, retries=retries)
+        result = action(conn, plan, record, lock_timeout_ms=lock_timeout, retries=retries, db=db,
+                        catch_up_rows=catch_up_rows)
         phase = get_plan(conn, plan.name).phase
     if as_json:
         echo_json(result.to_json(), plan=plan.name, phase=phase)
@@ -177,39 +178,50 @@ def _question(preview: DropPreview) -> list[str]:
 @cli.command()
 @click.argument("plan_ref", metavar="PLAN")
 @_lock_options
+@click.option("--catch-up-rows", type=click.IntRange(0, 1_000_000), default=DEFAULT_CATCH_UP_ROWS, show_default=True,
+              metavar="N", help="Embed up to N rows still pending (with the target provider) before dropping the "
+                                "tracking; more is refused with their count. 0: refuse whenever any is pending.")
 @yes_option
 @dsn_option
 @json_option
 @handle_errors
-def cleanup(plan_ref: str, lock_timeout: int, retries: int, yes: bool, dsn: str | None, as_json: bool) -> None:
+def cleanup(plan_ref: str, lock_timeout: int, retries: int, catch_up_rows: int, yes: bool, dsn: str | None,
+            as_json: bool) -> None:
     """Finish a cut-over PLAN: drop the old vectors' column and index and the change tracking.
-    Final: no rollback after this.
+    Final: no rollback after this, and nothing re-embeds what the application writes.
 
     \b
-    Drops without CASCADE: anything still using the old column stops it, named. The old
-    column's space returns only when the table is rewritten (VACUUM FULL, or pg_repack
-    online); the report says how much. On a terminal it shows what it will drop and asks;
-    --yes skips the question, and without a terminal --yes is required (else exit 2).
-    A rerun on a cleaned-up plan exits 0 and says there is nothing left to drop.
+    Never leaves a row pending: rows the application inserted or changed and reembed has not
+    embedded yet are embedded first (up to --catch-up-rows), or cleanup refuses. Drops without
+    CASCADE: anything still using the old column stops it, named. The old column's space
+    returns only when the table is rewritten (VACUUM FULL, or pg_repack online); the report
+    says how much. On a terminal it shows what it will drop and asks; --yes skips the
+    question, and without a terminal --yes is required (else exit 2). A rerun on a cleaned-up
+    plan exits 0 and says there is nothing left to drop.
     """
-    _drop_command(cleanup_plan, "cleaned up", plan_ref, lock_timeout, retries, yes, dsn, as_json)
+    _drop_command(cleanup_plan, "cleaned up", plan_ref, lock_timeout, retries, catch_up_rows, yes, dsn, as_json)
 
 
 @cli.command()
 @click.argument("plan_ref", metavar="PLAN")
 @_lock_options
+@click.option("--catch-up-rows", type=click.IntRange(0, 1_000_000), default=DEFAULT_CATCH_UP_ROWS, show_default=True,
+              metavar="N", help="After a rollback: give up to N rows changed since cutover their source-model "
+                                "vector before dropping the tracking; more is refused with their count.")
 @yes_option
 @dsn_option
 @json_option
 @handle_errors
-def abandon(plan_ref: str, lock_timeout: int, retries: int, yes: bool, dsn: str | None, as_json: bool) -> None:
+def abandon(plan_ref: str, lock_timeout: int, retries: int, catch_up_rows: int, yes: bool, dsn: str | None,
+            as_json: bool) -> None:
     """Give up PLAN before cutover (or after a rollback): drop the new vectors' column and index
     and the change tracking, and its ledger rows. The table is left as it was before the plan,
     and the plan's name is free for a new `reembed plan`.
 
     \b
-    On a terminal it shows what it will drop and asks; --yes skips the question, and without
-    a terminal --yes is required (else exit 2). A plan never prepared has nothing to drop; a
-    rerun on an abandoned plan exits 0 and says so.
+    After a rollback, rows changed since cutover get their source-model vector first (up to
+    --catch-up-rows), or abandon refuses. On a terminal it shows what it will drop and asks;
+    --yes skips the question, and without a terminal --yes is required (else exit 2). A plan
+    never prepared has nothing to drop; a rerun on an abandoned plan exits 0 and says so.
     """
-    _drop_command(abandon_plan, "abandoned", plan_ref, lock_timeout, retries, yes, dsn, as_json)
+    _drop_command(abandon_plan, "abandoned", plan_ref, lock_timeout, retries, catch_up_rows, yes, dsn, as_json)

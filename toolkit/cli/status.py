@@ -69,6 +69,7 @@ def _text(reports: list[PlanStatus], plan_ref: str | None) -> str:
         rows = [[r.name, r.phase, render.percent(r.percent), f"{r.rows_per_second:g}/s",
                  render.duration(r.eta_seconds), r.reads, (r.last_event or {}).get("message", "")] for r in reports]
         text = render.table(rows, ["plan", "phase", "done", "rate", "eta", "application reads", "last event"])
+        text += "".join(f"\n{r.name}: {hint}" for r in reports for hint in r.hints)
     jobs = [[r.name, j["job_name"] or j["display_name"], j["state"], j["provider_state"] or "", j["rows"],
              j["rows_written"], j["rows_failed"], j["rows_changed"]] for r in reports for j in r.batch_jobs]
     if jobs:

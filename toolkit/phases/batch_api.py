@@ -34,7 +34,7 @@ from toolkit.phases.prepare import prepare
 from toolkit.phases.writer import EMPTY_TEXT, BatchWriter, SourceRow, check_vectors, read_rows
 from toolkit.plan import Plan, load
 from toolkit.providers.models import BATCH_JOB_ROWS
-from toolkit.state import PlanRecord, log_event, set_phase
+from toolkit.state import PlanRecord, current_phase, log_event, set_phase
 from toolkit.strategies import places
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,8 @@ def run_batch(db: Database, plan_ref: str, options: RunOptions, batch: BatchOpti
         if released:
             log_event(conn, record.id, "lease", f"took back {released} leases of dead local processes")
         if record.phase in ("prepared", "backfilled"):
-            set_phase(conn, record.id, "backfilling", "backfill started (batch API)")
-            record.phase = "backfilling"
+            set_phase(conn, record.id, "backfilling", "backfill started (batch API)", expect=(record.phase,))
+            record.phase = current_phase(conn, record.id)  # another command may have moved it first
         tune_session(conn)
         run_began = ledger.database_now(conn)
         started = time.monotonic()
@@ -103,8 +103,8 @@ def run_batch(db: Database, plan_ref: str, options: RunOptions, batch: BatchOpti
                      and not batch_jobs.jobs(conn, record.id, open_only=True))
         if record.phase == "backfilling" and (after.rows_pending == 0 or live_tail):
             set_phase(conn, record.id, "backfilled", f"backfill complete: {after.rows_embedded} rows embedded",
-                      after.to_json())
-            record.phase = "backfilled"
+                      after.to_json(), expect=("backfilling",))
+        record.phase = current_phase(conn, record.id)
         seconds = time.monotonic() - started
         counters = collector.counters
         counters.loop_seconds = seconds

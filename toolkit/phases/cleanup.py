@@ -6,25 +6,43 @@ registry (reembed.plans, ledger, events, swaps) remains. What exactly is dropped
 strategy's (toolkit.strategies); it drops WITHOUT CASCADE, so an object still bound to what it
 drops stops it with its name rather than disappearing silently, and it refuses before anything
 is dropped. The report says how much disk that returns, and when.
+
+Dropping the tracking ends reembed's ownership of the vectors that stay: after it, nothing
+re-embeds a row the application writes. So neither leaves a row behind that the tracking still
+holds: cleanup embeds the rows pending for the target model first (like cutover's catch-up, up
+to --catch-up-rows; more is refused with their count), abandon after a rollback gives the rows
+changed since cutover their source-model vector first (the rollback fill, same limit). The
+strategy's last step re-checks that under its locks, so no change slips in between.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import psycopg
 from psycopg import sql
 
-from toolkit.errors import GateFailed
+from toolkit.db import Database
+from toolkit.errors import GateFailed, PlanMoved
+from toolkit.phases import ledger
+from toolkit.phases.cutover import CATCH_UP_TRIES, DEFAULT_CATCH_UP_ROWS, catch_up
+from toolkit.phases.ddl import template
 from toolkit.phases.locking import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_RETRIES
+from toolkit.phases.rollback import source_stale
 from toolkit.plan import Plan
-from toolkit.state import FINAL_PHASES, PlanRecord, log_event
+from toolkit.state import FINAL_PHASES, PlanRecord, current_phase, log_event
 from toolkit.strategies import DropResult, strategy_for
 
 ABANDONABLE = ("planned", "prepared", "backfilling", "backfilled", "indexed", "verified", "rolled_back")
 
-__all__ = ["ABANDONABLE", "DropPreview", "DropResult", "abandon", "check_abandon", "check_cleanup", "cleanup",
-           "planned_sql", "preview"]
+__all__ = ["ABANDONABLE", "DropPreview", "DropResult", "RowsOwed", "abandon", "check_abandon", "check_cleanup",
+           "cleanup", "planned_sql", "preview"]
+
+
+class RowsOwed(GateFailed):
+    """Rows the tracking still holds (pending for the target, or stale for the source): dropping the
+    tracking now would leave them so for good."""
 
 
 @dataclass
@@ -96,16 +114,80 @@ def check_cleanup(record: PlanRecord, plan: Plan) -> None:
         raise GateFailed(f"cannot clean up plan {plan.name!r} in phase {record.phase}: {hint}")
 
 
+def _pending_refusal(plan: Plan, pending: int) -> RowsOwed:
+    return RowsOwed(
+        f"{pending} rows the application inserted or changed are not embedded with {plan.target} yet (whatever "
+        f"vector it wrote): cleanup would drop the change tracking and leave them so for good. Run `reembed run "
+        f"{plan.name}` (or keep `reembed run {plan.name} --follow` running) and clean up again; nothing was dropped")
+
+
+def _stale_refusal(plan: Plan, stale: int) -> RowsOwed:
+    return RowsOwed(
+        f"{stale} rows changed since cutover have no {plan.source} vector of their current text: abandoning "
+        f"would leave them so for good. Run `reembed run {plan.name} --rollback-fill` and abandon again; "
+        "nothing was dropped")
+
+
+def _under_lock(record: PlanRecord, plan: Plan, phases: tuple[str, ...],
+                owed: Callable[[psycopg.Connection], RowsOwed | None]) -> Callable[[psycopg.Connection], None]:
+    """The strategy's last step calls this holding the plan's row and the table: still in `phases`,
+    nothing owed (index-backed counts, no scan)."""
+    def run(conn: psycopg.Connection) -> None:
+        phase = current_phase(conn, record.id)
+        if phase not in phases:
+            raise PlanMoved(f"plan {plan.name!r} moved to phase {phase} (another command): nothing was dropped",
+                            phase)
+        refusal = owed(conn)
+        if refusal is not None:
+            raise refusal
+    return run
+
+
+def _with_catch_up(catch_up: Callable[[], int], count: Callable[[], int], refusal: Callable[[int], RowsOwed],
+                   drop: Callable[[], DropResult], limit: int) -> tuple[DropResult, int]:
+    """Catch up with what the tracking holds (at most `limit` rows; more, or any with `limit` 0, is
+    refused), then drop at once: the drop re-checks under its locks, and a change that slipped in
+    since makes it refuse that try; the next catches up again. A live application rarely leaves
+    nothing owed at a moment outside the lock, so the check that counts is the one under it."""
+    caught = 0
+    for attempt in range(1, CATCH_UP_TRIES + 1):
+        owed = count()
+        if owed and (not limit or owed > limit):
+            raise refusal(owed)
+        if owed:
+            caught += catch_up()
+        try:
+            return drop(), caught
+        except RowsOwed:
+            if not limit or attempt == CATCH_UP_TRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
 def cleanup(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *,
-            lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS, retries: int = DEFAULT_RETRIES) -> DropResult:
-    """Drop the old vectors, their indexes and the change tracking. Final: rollback is impossible after.
+            lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS, retries: int = DEFAULT_RETRIES,
+            db: Database | None = None, catch_up_rows: int = DEFAULT_CATCH_UP_ROWS) -> DropResult:
+    """Drop the old vectors, their indexes and the change tracking, once no row is pending. Final:
+    rollback is impossible after. With `db`, up to `catch_up_rows` pending rows are embedded first.
     A rerun on a cleaned-up plan does nothing and says so (already_done)."""
     if record.phase == "cleaned_up":
         return _already(plan, record, strategy_for(plan).places(plan, "cut_over").old.column)
     check_cleanup(record, plan)
     strategy = strategy_for(plan)
     notes = strategy.finish_swap(conn, plan, record, lock_timeout_ms=lock_timeout_ms, retries=retries)
-    result = strategy.cleanup(conn, plan, record, lock_timeout_ms=lock_timeout_ms, retries=retries)
+
+    def pending(c: psycopg.Connection) -> RowsOwed | None:
+        count = int(c.execute(template("cutover_recheck", plan_id=sql.Literal(record.id))).fetchone()[0])  # type: ignore[index]
+        return _pending_refusal(plan, count) if count else None
+
+    result, caught = _with_catch_up(
+        lambda: catch_up(db, conn, plan, record, catch_up_rows) if db is not None else 0,
+        lambda: ledger.pending_counts(conn, record.id)[0], lambda n: _pending_refusal(plan, n),
+        lambda: strategy.cleanup(conn, plan, record, recheck=_under_lock(record, plan, ("cut_over",), pending),
+                                 lock_timeout_ms=lock_timeout_ms, retries=retries),
+        catch_up_rows if db is not None else 0)
+    if caught:
+        notes.append(f"embedded {caught} rows the application changed since the last run, before dropping the tracking")
     result.notes = notes + result.notes
     return result
 
@@ -118,17 +200,41 @@ def check_abandon(record: PlanRecord, plan: Plan) -> None:
 
 
 def abandon(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *,
-            lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS, retries: int = DEFAULT_RETRIES) -> DropResult:
+            lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS, retries: int = DEFAULT_RETRIES,
+            db: Database | None = None, catch_up_rows: int = DEFAULT_CATCH_UP_ROWS) -> DropResult:
     """Drop the new vectors, their indexes and the change tracking of a plan that is not cut over,
-    and its ledger rows; the plan's name is free for a new plan afterwards. A rerun does nothing and
+    and its ledger rows; the plan's name is free for a new plan afterwards. After a rollback, rows
+    changed since cutover get their source-model vector first (with `db`). A rerun does nothing and
     says so (already_done); a plan never prepared has nothing to drop, and the result says that."""
+    from toolkit.phases.backfill import RunOptions, rollback_fill
+    from toolkit.phases.prepare import PREPARE_LOCK
+
     if record.phase == "abandoned":
         return _already(plan, record, plan.shadow_column)
     check_abandon(record, plan)
     strategy = strategy_for(plan)
     notes = strategy.finish_swap(conn, plan, record, lock_timeout_ms=lock_timeout_ms, retries=retries) \
         if record.phase == "rolled_back" else []
-    result = strategy.abandon(conn, plan, record, lock_timeout_ms=lock_timeout_ms, retries=retries)
+
+    def stale(c: psycopg.Connection) -> RowsOwed | None:
+        count = source_stale(c, record.id)
+        return _stale_refusal(plan, count) if count else None
+
+    def fill() -> int:
+        return rollback_fill(db, plan.name, RunOptions(progress=False)).counters.rows_written  # type: ignore[arg-type]
+
+    # A `reembed run` preparing this plan right now would add its tracking after the drop: wait for it.
+    conn.execute("SELECT pg_advisory_lock(%s, %s)", (PREPARE_LOCK, record.id))
+    try:
+        result, caught = _with_catch_up(
+            fill, lambda: source_stale(conn, record.id), lambda n: _stale_refusal(plan, n),
+            lambda: strategy.abandon(conn, plan, record, recheck=_under_lock(record, plan, ABANDONABLE, stale),
+                                     lock_timeout_ms=lock_timeout_ms, retries=retries),
+            catch_up_rows if db is not None else 0)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s, %s)", (PREPARE_LOCK, record.id))
+    if caught:
+        notes.append(f"gave {caught} rows changed since cutover their {plan.source} vector before dropping the tracking")
     result.notes = notes + result.notes
     if not result.dropped_anything:
         result.notes.insert(0, "nothing to drop: the plan was never prepared")

@@ -19,12 +19,12 @@ import psycopg
 from psycopg import sql
 
 from toolkit.db import Database
-from toolkit.errors import GateFailed
+from toolkit.errors import GateFailed, PlanMoved
 from toolkit.phases import swap
 from toolkit.phases.ddl import template
 from toolkit.phases.locking import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_RETRIES
 from toolkit.plan import Plan
-from toolkit.state import PlanRecord
+from toolkit.state import PlanRecord, current_phase
 from toolkit.strategies import places, strategy_for
 
 CUTOVER_PHASES = ("indexed", "verified", "rolled_back")
@@ -143,8 +143,13 @@ def check(conn: psycopg.Connection, plan: Plan, record: PlanRecord, options: Cut
 
 
 def recheck(plan: Plan, record: PlanRecord) -> Callable[[psycopg.Connection], None]:
-    """The in-lock re-check: index-backed, no table scan."""
+    """The in-lock re-check: index-backed, no table scan. The plan's registry row is locked by
+    now (run_locked): no other command can have moved the plan since this read."""
     def run(conn: psycopg.Connection) -> None:
+        phase = current_phase(conn, record.id)
+        if phase not in CUTOVER_PHASES:
+            raise PlanMoved(f"plan {plan.name!r} moved to phase {phase} (another command) before the swap: "
+                            "nothing was changed", phase)
         pending = conn.execute(template("cutover_recheck", plan_id=sql.Literal(record.id))).fetchone()[0]  # type: ignore[index]
         if pending:
             raise BackfillIncomplete(f"{pending} rows were inserted or changed since the check: run "

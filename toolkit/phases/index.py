@@ -162,7 +162,8 @@ def build(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanRecord
     targets = strategy_for(plan).index_targets(plan, record.phase)
     if not targets:
         if record.phase == "backfilled":
-            set_phase(conn, record.id, "indexed", "no vector index planned: the original column has none")
+            set_phase(conn, record.id, "indexed", "no vector index planned: the original column has none",
+                      expect=("backfilled",))
         return IndexResult(action="none_planned", index=None,
                            notes=["the original column has no vector index, so none is built "
                                   "(plan with --index hnsw:cosine to get one)"])
@@ -293,7 +294,9 @@ def _finish(conn: psycopg.Connection, record: PlanRecord, result: IndexResult) -
     details = result.to_json()
     if record.phase in ("backfilled", "verified", "indexed"):
         # A rebuilt index invalidates an earlier verify: verify again before cutover.
-        set_phase(conn, record.id, "indexed", f"index {result.index} {result.action}", details)
+        # Compare and set: never move back a plan another command cut over or abandoned meanwhile.
+        set_phase(conn, record.id, "indexed", f"index {result.index} {result.action}", details,
+                  expect=("backfilled", "verified", "indexed"))
     else:
         log_event(conn, record.id, "index", f"index {result.index} {result.action}", details, phase=record.phase)
 

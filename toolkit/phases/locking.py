@@ -53,12 +53,22 @@ def backoff_seconds(attempt: int, lock_timeout_ms: int, rng: random.Random) -> f
 def run_locked(conn: psycopg.Connection, relations: Sequence[sql.Identifier], work: Callable[[psycopg.Connection], T],
                *, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS, retries: int = DEFAULT_RETRIES,
                what: str = "the swap", rng: random.Random | None = None,
-               on_retry: Callable[[int, float, float], None] | None = None) -> Locked[T]:
+               on_retry: Callable[[int, float, float], None] | None = None,
+               plan_id: int | None = None) -> Locked[T]:
     """Run `work` in one transaction holding ACCESS EXCLUSIVE on `relations` (taken in that order).
+
+    With `plan_id` (every change of where a plan's vectors are: swaps, drops), the plan's registry
+    row is locked first (FOR NO KEY UPDATE): every vector write holds that row FOR SHARE in its
+    own transaction and checks the phase it was built for, so none is in flight across the change
+    and none after it writes by the old names. Row first, table second: the order writers take
+    them, so the two never wait for each other in a circle (and the ledger's foreign-key checks,
+    FOR KEY SHARE, are not blocked by it).
 
     `conn` must be in autocommit mode. Gives up with GateFailed after `retries` further tries,
     naming the sessions that held the lock. `work` may raise to roll everything back.
     """
+    from toolkit.state import current_phase
+
     if lock_timeout_ms <= 0:
         raise ValueError("lock timeout must be positive")
     rng = rng or random.Random()
@@ -69,6 +79,8 @@ def run_locked(conn: psycopg.Connection, relations: Sequence[sql.Identifier], wo
         try:
             with conn.transaction():
                 conn.execute(template("cutover_lock_timeout", timeout=sql.Literal(f"{lock_timeout_ms}ms")))
+                if plan_id is not None:
+                    current_phase(conn, plan_id, lock="NO KEY UPDATE")
                 conn.execute(lock)
                 granted = time.monotonic()
                 result = work(conn)

@@ -27,7 +27,7 @@ from psycopg import sql
 from toolkit.errors import BadInput, GateFailed
 from toolkit.phases.ddl import template
 from toolkit.plan import Plan
-from toolkit.state import FINAL_PHASES, PlanRecord, set_phase
+from toolkit.state import FINAL_PHASES, PlanRecord, current_phase, set_phase
 from toolkit.strategies import strategy_for
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ T = TypeVar("T")
 DDL_LOCK_TIMEOUT_MS = 200
 DDL_RETRIES = 10
 _BACKOFF_CAP_S = 5.0
-_PREPARE_LOCK = 0x7265_656D  # advisory lock class of prepare ("reem"); the second key is the plan id
+PREPARE_LOCK = 0x7265_656D  # advisory lock class of prepare ("reem"); the second key is the plan id
 
 
 @dataclass(frozen=True)
@@ -122,12 +122,12 @@ def prepare(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *,
     says "prepared": every step before it is safe to repeat."""
     # Two `reembed run` started at once would both prepare: one does it, the other waits here and
     # then finds it done. A session lock, so no transaction stays open while the ledger is seeded.
-    conn.execute("SELECT pg_advisory_lock(%s, %s)", (_PREPARE_LOCK, record.id))
+    conn.execute("SELECT pg_advisory_lock(%s, %s)", (PREPARE_LOCK, record.id))
     try:
         record.phase = conn.execute("SELECT phase FROM reembed.plans WHERE id = %s", (record.id,)).fetchone()[0]
         return _prepare_locked(conn, plan, record, lock_timeout_ms, retries)
     finally:
-        conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_PREPARE_LOCK, record.id))
+        conn.execute("SELECT pg_advisory_unlock(%s, %s)", (PREPARE_LOCK, record.id))
 
 
 def _prepare_locked(conn: psycopg.Connection, plan: Plan, record: PlanRecord, lock_timeout_ms: int,
@@ -139,11 +139,15 @@ def _prepare_locked(conn: psycopg.Connection, plan: Plan, record: PlanRecord, lo
     made = strategy.prepare(conn, plan, record, lock_timeout_ms=lock_timeout_ms, retries=retries)
     started = time.monotonic()
     with conn.transaction():
+        # The plan's row before any ledger row: the order of every transaction that moves a phase
+        # and writes rows (write_guard), so none waits for the other in a circle.
+        current_phase(conn, record.id, lock="NO KEY UPDATE")
         seeded = conn.execute(_seed(plan, record.id)).rowcount
-        set_phase(conn, record.id, "prepared", f"{made}, {seeded} rows in the ledger",
-                  {"rows_seeded": seeded, "seed_seconds": round(time.monotonic() - started, 3),
-                   "strategy": strategy.name, "trigger": tracking_names(record.id).trigger,
-                   "function": tracking_names(record.id).function_name})
+        if not set_phase(conn, record.id, "prepared", f"{made}, {seeded} rows in the ledger",
+                         {"rows_seeded": seeded, "seed_seconds": round(time.monotonic() - started, 3),
+                          "strategy": strategy.name, "trigger": tracking_names(record.id).trigger,
+                          "function": tracking_names(record.id).function_name}, expect=(record.phase,)):
+            raise GateFailed(f"plan {plan.name!r} moved to another phase while it was being prepared: run again")
     record.phase = "prepared"
     # Fresh statistics, so the claim query's plan knows how many rows are pending.
     conn.execute("ANALYZE reembed.ledger")

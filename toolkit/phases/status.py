@@ -39,6 +39,8 @@ class PlanStatus:
     last_event: dict[str, Any] | None
     updated_at: datetime
     batch_jobs: list[dict[str, Any]] = field(default_factory=list)  # --batch-api jobs and their states
+    rows_source_stale: int = 0  # rows changed since cutover whose source-model vector is not of their text
+    hints: list[str] = field(default_factory=list)  # what pending / stale rows mean now, and what to run
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -65,9 +67,11 @@ def plan_status(conn: psycopg.Connection, plan_ref: str | None) -> list[PlanStat
 
 def report(conn: psycopg.Connection, record: PlanRecord) -> PlanStatus:
     from toolkit.plan import Plan
+    from toolkit.phases.rollback import source_stale
     from toolkit.strategies import places
 
     counts = ledger.progress(conn, record.id)
+    stale = source_stale(conn, record.id)
     last = events(conn, record.id, limit=1)
     plan = Plan.from_spec(record.spec)
     now = places(plan, record.phase)
@@ -83,7 +87,9 @@ def report(conn: psycopg.Connection, record: PlanRecord) -> PlanStatus:
         rows_per_second=rate,
         eta_seconds=round(counts.rows_pending / rate, 1) if rate > 0 and counts.rows_pending else None,
         last_event=last[-1] if last else None, updated_at=record.updated_at,
-        batch_jobs=[job.to_json() for job in batch_jobs.jobs(conn, record.id)])
+        batch_jobs=[job.to_json() for job in batch_jobs.jobs(conn, record.id)],
+        rows_source_stale=stale, hints=hints(record, counts, stale, reads=now.read.display,
+                                             new_vectors=now.new.display))
 
 
 def _rate(conn: psycopg.Connection, plan_id: int) -> float:
@@ -102,3 +108,29 @@ def history(conn: psycopg.Connection, plan_ref: str, limit: int = 1000) -> tuple
 
     _, record = load(conn, plan_ref) if plan_ref.endswith(".toml") else (None, get_plan(conn, plan_ref))
     return record, events(conn, record.id, limit=limit)
+
+
+def hints(record: PlanRecord, counts: ledger.Progress, stale: int, *, reads: str, new_vectors: str) -> list[str]:
+    """What the pending and stale rows mean in this phase, and the command that deals with them."""
+    out: list[str] = []
+    name = record.name
+    pending = counts.rows_pending
+    if pending and record.phase == "cut_over":
+        out.append(f"{pending} rows the application inserted or changed since the last run do not hold a "
+                   f"{record.target_model} vector of their current text in {reads} yet, whatever vector the "
+                   f"application wrote: run `reembed run {name}`, or keep `reembed run {name} --follow` running "
+                   "until cleanup (cleanup embeds them first, or refuses)")
+    elif pending and record.phase == "rolled_back":
+        out.append(f"{pending} rows changed since the last run have no {record.target_model} vector of their "
+                   f"current text in {new_vectors}: `reembed run {name}` before cutting over again")
+    elif pending and record.phase not in FINAL_PHASES:
+        out.append(f"{pending} rows to embed with {record.target_model}: run `reembed run {name}`"
+                   + (" (cutover embeds a few itself, before its lock)" if record.phase in ("indexed", "verified")
+                      else ""))
+    if stale and record.phase == "rolled_back":
+        out.append(f"{stale} rows changed since cutover have no {record.source_model} vector of their current text "
+                   f"in {reads}: run `reembed run {name} --rollback-fill` (abandon does it first, or refuses)")
+    elif stale and record.phase == "cut_over":
+        out.append(f"{stale} rows changed since cutover have no {record.source_model} vector of their current text: "
+                   f"a rollback lists them for `reembed run {name} --rollback-fill`")
+    return out

@@ -20,9 +20,9 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from toolkit import column_tag
 from toolkit.errors import GateFailed
 from toolkit.phases import dependents
-from toolkit import column_tag
 from toolkit.phases.ddl import recorded, template
 from toolkit.phases.locking import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_RETRIES, run_locked
 from toolkit.plan import PG_IDENTIFIER_MAX, Plan
@@ -185,7 +185,7 @@ def perform(conn: psycopg.Connection, plan: Plan, record: PlanRecord, exchange: 
         return {"swap_id": swap_id, "captured": captured, "record": record_json}
 
     locked = run_locked(conn, views + [table], swap, lock_timeout_ms=lock_timeout_ms, retries=retries,
-                        what=exchange.direction, on_retry=on_retry)
+                        what=exchange.direction, on_retry=on_retry, plan_id=record.id)
     conn.execute("UPDATE reembed.swaps SET lock_ms = %s, attempts = %s WHERE id = %s",
                  (locked.lock_ms, locked.attempts, locked.result["swap_id"]))
     record.phase = exchange.phase_after

@@ -276,9 +276,10 @@ def _record(conn: psycopg.Connection, plan: Plan, record: PlanRecord, checks: li
                   phase=record.phase)
         phase = record.phase
         if passed and record.phase in ADVANCES_FROM:
-            set_phase(conn, record.id, "verified", f"verified: {len(checks)} checks passed",
-                      {"verification_id": row[0]})
-            phase = record.phase = "verified"
+            # Compare and set: a cutover or abandon that finished while verify ran keeps its phase.
+            if set_phase(conn, record.id, "verified", f"verified: {len(checks)} checks passed",
+                         {"verification_id": row[0]}, expect=ADVANCES_FROM):
+                phase = record.phase = "verified"
     return VerifyResult(plan=plan.name, passed=passed, checks=checks, state_token=token, state=snapshot,
                         verification_id=row[0], at=row[1], phase=phase, options=options.public(),
                         state_changed=changed, live_writes=writes.to_json())

@@ -4,8 +4,11 @@ A batch is staged into a per-connection temp table from binary array parameters,
 one guarded statement from stage that also marks the ledger. Which statement is the plan's
 strategy's (the column strategy's `UPDATE ... FROM stage`: DESIGN.md; the page-striped ledger
 order keeps most updates HOT with an index on the original column). All of it goes down one
-psycopg pipeline with the claim of the next batch. Nothing here holds a snapshot between
-batches: the connection is in autocommit mode.
+psycopg pipeline with the claim of the next batch. The first statement of each write checks, under
+the plan's registry row lock, that the target's vectors are still where the write statement was
+built for (write_guard: a swap or a drop may have moved them); when not, nothing is written and the
+writer builds its statement for where they are now. Nothing here holds a snapshot between batches:
+the connection is in autocommit mode.
 """
 
 from __future__ import annotations
@@ -24,17 +27,23 @@ from psycopg.adapt import PyFormat
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.types.json import Jsonb
 
-from toolkit.errors import MalformedResponse
+from toolkit.errors import MalformedResponse, PlanMoved
 from toolkit.phases.ddl import template
 from toolkit.phases import ledger
 from toolkit.phases.ledger import Key
 from toolkit.phases.prepare import key_json, vector_type
+from toolkit.phases.write_guard import PlaceGuard
 from toolkit.plan import Plan
 from toolkit.strategies.base import Write
 
 log = logging.getLogger(__name__)
 
 EMPTY_TEXT = "empty text"
+# reembed.guard_write() raises this SQLSTATE when the plan is no longer in the phase a write was built for.
+PLACE_MOVED = "RM001"
+GUARD_WRITE = "SELECT reembed.guard_write(%s, %s)"
+# A write follows each phase change it meets; more than this many in one write is a plan being churned.
+MAX_PLACE_MOVES = 10
 
 
 @dataclass
@@ -150,7 +159,11 @@ class BatchWriter:
             table=plan.table, match=match(plan, "t", "k"))
         self._release = template("backfill_release", plan_id=sql.Literal(plan_id), owner=sql.Literal(owner),
                                  keys=sql.Placeholder("keys"))
-        self._write = strategy_for(plan).write_statement(conn, plan, phase, self.stage, plan_id, owner)
+        strategy = strategy_for(plan)
+        # Where the target's vectors are is checked under the plan's row lock in every write.
+        self.guard: PlaceGuard[Write] = PlaceGuard(
+            plan, plan_id, phase, "new",
+            lambda now: strategy.write_statement(conn, plan, now, self.stage, plan_id, owner))
 
     def claim(self, claim: Claim) -> Claimed:
         """Lease the next batch and read it: one statement."""
@@ -161,7 +174,8 @@ class BatchWriter:
     def write(self, rows: Sequence[SourceRow], vectors: dict[int, np.ndarray], skipped: dict[int, str]) -> Outcome:
         """Write `vectors` (by position in `rows`) and mark `skipped` rows, in one transaction.
 
-        Rows neither written nor skipped here, and rows the guard rejects, have their lease released."""
+        Rows neither written nor skipped here, and rows the guard rejects, have their lease released.
+        Raises PlanMoved (nothing written) when the plan was cleaned up or abandoned meanwhile."""
         return self.write_then_claim(rows, vectors, skipped, None)[0]
 
     def write_then_claim(self, rows: Sequence[SourceRow], vectors: dict[int, np.ndarray], skipped: dict[int, str],
@@ -173,7 +187,25 @@ class BatchWriter:
         of the next batch in its own implicit transaction, after the commit, so it never holds
         ledger locks while the write waits for a row (the tracking trigger locks a row, then its
         ledger row). A failed write runs nothing after it: no claim. A failed claim after a
-        committed write loses nothing: the write counts, the claim is simply made again."""
+        committed write loses nothing: the write counts, the claim is simply made again.
+
+        The pipeline's first statement after BEGIN is the place check (reembed.guard_write): when
+        the plan's phase is no longer the one the write statement was built for, it fails, so the
+        pipeline writes nothing; the statement is built again for the phase the plan is in now and
+        the whole round trip made again. Raises PlanMoved when no place is left for the target's
+        vectors (the plan was cleaned up or abandoned): nothing written, no lease released here."""
+        for _ in range(MAX_PLACE_MOVES):
+            try:
+                return self._write_then_claim(rows, vectors, skipped, then)
+            except psycopg.Error as exc:
+                if exc.sqlstate != PLACE_MOVED:
+                    raise
+                self.guard.refresh(self.conn)  # raises PlanMoved when nothing is left to write to
+        raise PlanMoved(f"plan {self.plan.name!r} changed phase {MAX_PLACE_MOVES} times during one write: "
+                        "stopped, nothing more written", self.guard.phase)
+
+    def _write_then_claim(self, rows: Sequence[SourceRow], vectors: dict[int, np.ndarray], skipped: dict[int, str],
+                          then: Claim | None) -> tuple[Outcome, Claimed | None]:
         staged = [(i, vectors.get(i), skipped.get(i)) for i in range(len(rows)) if i in vectors or i in skipped]
         keys = [Jsonb(row.key) for row in rows]
         write_cur, commit_cur = self.conn.cursor(), self.conn.cursor()
@@ -182,14 +214,16 @@ class BatchWriter:
         try:
             with self.conn.pipeline():
                 write_cur.execute("BEGIN")
+                write_cur.execute(GUARD_WRITE, (self.plan_id, self.guard.phase))
                 if staged:
                     write_cur.execute(self._stage_rows, {
                         "pks": [keys[i] for i, _, _ in staged], "hashes": [rows[i].hash for i, _, _ in staged],
                         "vectors": [self._dumpable(v) for _, v, _ in staged], "reasons": [r for _, _, r in staged]})
-                    for statement in self._write.before:  # their own cursors: write_cur keeps the write's rows
+                    write = self.guard.built
+                    for statement in write.before:  # their own cursors: write_cur keeps the write's rows
                         self.conn.execute(statement)
-                    write_cur.execute(self._write.statement)
-                    for statement in self._write.after:
+                    write_cur.execute(write.statement)
+                    for statement in write.after:
                         self.conn.execute(statement)
                 self.conn.execute(self._release, {"keys": keys})
                 commit_cur.execute("COMMIT")

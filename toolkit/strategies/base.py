@@ -168,7 +168,9 @@ class Strategy(Protocol):
         """The guarded write of one staged batch into `places(phase).new`, marking the ledger."""
 
     def fill_statement(self, conn: psycopg.Connection, plan: "Plan", phase: str, stage: sql.Identifier) -> Write:
-        """The guarded write of staged source-model vectors into `places(phase).old` (rollback fill)."""
+        """The guarded write of staged source-model vectors into `places(phase).old` (rollback fill):
+        only rows whose text still hashes to the staged hash; a staged NULL clears the vector.
+        RETURNING the staged `pk` of every row written (the fill marks them fresh in the ledger)."""
 
     # -- index ------------------------------------------------------------------------------
     def check_index(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord") -> None: ...
@@ -192,10 +194,14 @@ class Strategy(Protocol):
         """The swap's statements; with `conn`, the dependents as they are now, with their definitions."""
 
     # -- cleanup / abandon ------------------------------------------------------------------
-    def cleanup(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord", *, lock_timeout_ms: int,
-                retries: int) -> DropResult: ...
+    def cleanup(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord", *,
+                recheck: Callable[[psycopg.Connection], None], lock_timeout_ms: int, retries: int) -> DropResult:
+        """Drop the old vectors and the tracking. The last step (what ends the tracking, and the phase)
+        runs in one `run_locked(plan_id=...)` transaction that calls `recheck` first (it refuses while
+        rows are pending), so no change of the application falls between the check and the drop."""
 
-    def abandon(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord", *, lock_timeout_ms: int,
-                retries: int) -> DropResult: ...
+    def abandon(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord", *,
+                recheck: Callable[[psycopg.Connection], None], lock_timeout_ms: int, retries: int) -> DropResult:
+        """Drop the new vectors and the tracking; the last step as for cleanup, after `recheck`."""
 
     def cleanup_sql(self, plan: "Plan", plan_id: int = 0) -> list[sql.Composable]: ...

@@ -221,26 +221,29 @@ class ColumnStrategy:
         return swap.statements(plan, exchange, captured)
 
     # -- cleanup / abandon ------------------------------------------------------------------
-    def cleanup(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
-                retries: int) -> DropResult:
+    def cleanup(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *,
+                recheck: Callable[[psycopg.Connection], None], lock_timeout_ms: int, retries: int) -> DropResult:
         old = self.places(plan, record.phase).old
         return _drop(conn, plan, record, column=old.column, indexes=old.index_names, phase="cleaned_up",
-                     lock_timeout_ms=lock_timeout_ms, retries=retries)
+                     recheck=recheck, lock_timeout_ms=lock_timeout_ms, retries=retries)
 
-    def abandon(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
-                retries: int) -> DropResult:
+    def abandon(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *,
+                recheck: Callable[[psycopg.Connection], None], lock_timeout_ms: int, retries: int) -> DropResult:
         new = self.places(plan, record.phase).new
         return _drop(conn, plan, record, column=new.column, indexes=new.index_names, phase="abandoned",
-                     lock_timeout_ms=lock_timeout_ms, retries=retries)
+                     recheck=recheck, lock_timeout_ms=lock_timeout_ms, retries=retries)
 
     def cleanup_sql(self, plan: Plan, plan_id: int = 0) -> list[sql.Composable]:
         old = self.places(plan, "cut_over").old
         names = tracking_names(plan_id)
-        out: list[sql.Composable] = [template("index_drop", index=sql.Identifier(plan.table_schema, name))
-                                     for name in old.index_names]
+        # As cleanup runs it: one locked transaction, so a refusal of its re-check drops nothing.
+        out: list[sql.Composable] = [sql.SQL("BEGIN"), template("cutover_lock", relations=plan.table)]
+        out += [template("cleanup_drop_index", index=sql.Identifier(plan.table_schema, name))
+                for name in old.index_names]
         out.append(template("cleanup_drop_column", table=plan.table, column=sql.Identifier(old.column)))
         out.append(template("prepare_drop_trigger", trigger=sql.Identifier(names.trigger), table=plan.table))
         out.append(template("prepare_drop_function", function=names.function))
+        out.append(sql.SQL("COMMIT"))
         return out
 
 
@@ -377,12 +380,9 @@ def update_statement(plan: Plan, place: Place, stage: sql.Identifier, plan_id: i
 
 
 def fill_update(plan: Plan, place: Place, stage: sql.Identifier) -> sql.Composed:
-    """The guarded fill of source-model vectors into `place` where it has none."""
-    column = sql.Identifier(place.column)
-    return sql.SQL(
-        "UPDATE {table} AS t SET {column} = s.v FROM {stage} AS s WHERE {match} AND {hash} = s.hash "
-        "AND t.{column} IS NULL").format(table=place.ident, column=column, stage=stage,
-                                          match=_match(plan, "t", "s"), hash=plan.text_hash_expression("t"))
+    """The guarded fill of source-model vectors into `place` (sql/rollback_fill_write.sql)."""
+    return template("rollback_fill_write", table=place.ident, column=sql.Identifier(place.column), stage=stage,
+                    match=_match(plan, "t", "s"), hash=plan.text_hash_expression("t"))
 
 
 def _match(plan: Plan, left: str, right: str) -> sql.Composable:
@@ -407,7 +407,7 @@ def _bound_elsewhere(conn: psycopg.Connection, oid: int, column: str, schema: st
 
 
 def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: str, indexes: list[str], phase: str,
-          lock_timeout_ms: int, retries: int) -> DropResult:
+          recheck: Callable[[psycopg.Connection], None], lock_timeout_ms: int, retries: int) -> DropResult:
     from toolkit.state import set_phase
 
     oid = dependents.table_oid(conn, plan.table)
@@ -422,7 +422,7 @@ def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: s
         result.column_bytes = conn.execute(template("cleanup_column_bytes", column=sql.Identifier(column),
                                                     table=plan.table)).fetchone()[0]  # type: ignore[index]
     freed = []
-    from toolkit.phases.index import drop_index, index_bytes
+    from toolkit.phases.index import index_bytes
 
     for index in indexes:
         ident = sql.Identifier(plan.table_schema, index)
@@ -434,18 +434,31 @@ def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: s
             result.indexes.append(index)
         if size:
             freed.append(index)
-        drop_index(conn, ident)  # CONCURRENTLY where it can be: before the column, without a long lock
-    if exists:
-        def drop_column(c: psycopg.Connection) -> None:
+    names = tracking_names(record.id)
+
+    def drop(c: psycopg.Connection) -> None:
+        # Indexes, column, tracking and phase in one transaction, after the caller's re-check under
+        # the locks (the plan's row first): no writer is in flight, none can start by the old names,
+        # no change the application makes falls between the last check and the drop, and a refusal
+        # leaves everything in place (a rollback stays possible). Only catalog work under the lock.
+        recheck(c)
+        for index in indexes:
+            c.execute(template("cleanup_drop_index", index=sql.Identifier(plan.table_schema, index)))
+        if swap.column_state(c, oid, column) is not None:
             c.execute(template("cleanup_drop_column", table=plan.table, column=sql.Identifier(column)))
-        try:
-            run_locked(conn, [plan.table], drop_column, lock_timeout_ms=lock_timeout_ms, retries=retries,
-                       what=f"dropping column {column}")
-        except psycopg.errors.DependentObjectsStillExist as exc:
-            detail = (exc.diag.message_detail or "").replace("\n", "; ")
-            raise GateFailed(f"column {column} is still used: {detail}; drop or re-point that first "
-                             "(reembed drops without CASCADE)") from None
-    _drop_tracking(conn, plan, record, lock_timeout_ms=lock_timeout_ms, retries=retries)
+        c.execute(template("prepare_drop_trigger", trigger=sql.Identifier(names.trigger), table=plan.table))
+        c.execute(template("prepare_drop_function", function=names.function))
+        set_phase(c, record.id, phase, f"{phase}: dropped {column}" + (f" and {', '.join(indexes)}" if indexes else "")
+                  + f" and the change tracking ({names.trigger}, {names.function_name})", result.to_json())
+
+    try:
+        run_locked(conn, [plan.table], drop, lock_timeout_ms=lock_timeout_ms, retries=retries,
+                   what=f"dropping column {column}", plan_id=record.id)
+    except psycopg.errors.DependentObjectsStillExist as exc:
+        detail = (exc.diag.message_detail or "").replace("\n", "; ")
+        raise GateFailed(f"column {column} is still used: {detail}; drop or re-point that first "
+                         "(reembed drops without CASCADE)") from None
+    record.phase = phase
     if result.column_bytes:
         result.notes.append(
             f"{_mb(result.column_bytes)} of {column} stays in {plan.table_display}'s files until the table is "
@@ -453,9 +466,6 @@ def _drop(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, column: s
             f"`pg_repack --table {plan.table_display}` (online)")
     if result.index_bytes:
         result.notes.append(f"index {', '.join(freed)} freed {_mb(result.index_bytes)} at once")
-    set_phase(conn, record.id, phase, f"{phase}: dropped {column}" + (f" and {', '.join(indexes)}" if indexes else ""),
-              result.to_json())
-    record.phase = phase
     return result
 
 

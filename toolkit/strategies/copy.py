@@ -133,12 +133,8 @@ class CopyStrategy:
 
         def drop(c: psycopg.Connection) -> None:
             present = [t for t in tables if c.execute("SELECT to_regclass(%s)", (t.as_string(c),)).fetchone()[0]]
-            for direction in propagation.DIRECTIONS:
-                for table in present:
-                    for statement in propagation.remove(record.id, direction, table)[:2]:
-                        c.execute(statement)
-                for statement in propagation.remove(record.id, direction, None):
-                    c.execute(statement)
+            for statement in _propagation_removal(record.id, present):
+                c.execute(statement)
 
         with_lock_timeout(conn, drop, what="dropping change propagation", lock_timeout_ms=lock_timeout_ms,
                           retries=retries)
@@ -233,13 +229,13 @@ class CopyStrategy:
         return table_swap.statements(plan, direction)
 
     # -- cleanup / abandon ------------------------------------------------------------------
-    def cleanup(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
-                retries: int) -> DropResult:
-        return _drop_table(conn, plan, record, _old_ident(plan), "cleaned_up", lock_timeout_ms, retries)
+    def cleanup(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *,
+                recheck: Callable[[psycopg.Connection], None], lock_timeout_ms: int, retries: int) -> DropResult:
+        return _drop_table(conn, plan, record, _old_ident(plan), "cleaned_up", recheck, lock_timeout_ms, retries)
 
-    def abandon(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_timeout_ms: int,
-                retries: int) -> DropResult:
-        return _drop_table(conn, plan, record, _copy_ident(plan), "abandoned", lock_timeout_ms, retries)
+    def abandon(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *,
+                recheck: Callable[[psycopg.Connection], None], lock_timeout_ms: int, retries: int) -> DropResult:
+        return _drop_table(conn, plan, record, _copy_ident(plan), "abandoned", recheck, lock_timeout_ms, retries)
 
     def cleanup_sql(self, plan: Plan, plan_id: int = 0) -> list[sql.Composable]:
         # After cutover the propagation runs back, from the application's table to the old one.
@@ -286,9 +282,13 @@ def _quietly(conn: psycopg.Connection, table: sql.Identifier, statement: sql.Com
 
 
 def _drop_table(conn: psycopg.Connection, plan: Plan, record: PlanRecord, table: sql.Identifier, phase: str,
-                lock_timeout_ms: int, retries: int) -> DropResult:
-    """Drop the propagation, then `table` (the old one after cutover, the copy before), without
-    CASCADE; the disk it held is returned at once."""
+                recheck: Callable[[psycopg.Connection], None], lock_timeout_ms: int, retries: int) -> DropResult:
+    """Drop the propagation and `table` (the old one after cutover, the copy before), without
+    CASCADE, in one transaction under the plan's row lock and the tables' locks, after `recheck`:
+    no writer is in flight, no change of the application falls between the last check and the
+    drop, and a refusal leaves everything in place. The disk `table` held is returned at once."""
+    from toolkit.state import set_phase
+
     exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table.as_string(conn),)).fetchone()[0]
     name = table.as_string(conn)
     result = DropResult(phase=phase, column=name, column_existed=bool(exists), index=None, what="table")
@@ -303,18 +303,37 @@ def _drop_table(conn: psycopg.Connection, plan: Plan, record: PlanRecord, table:
         result.indexes = [r[0] for r in conn.execute(
             "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = "
             "to_regclass(%s) ORDER BY 1", (name,))]
-    CopyStrategy().drop_tracking(conn, plan, record, lock_timeout_ms=lock_timeout_ms, retries=retries)
-    if exists:
-        def drop(c: psycopg.Connection) -> None:
+    present = [t for t in (plan.table, _copy_ident(plan), _old_ident(plan))
+               if conn.execute("SELECT to_regclass(%s)", (t.as_string(conn),)).fetchone()[0]]
+
+    def drop(c: psycopg.Connection) -> None:
+        recheck(c)
+        for statement in _propagation_removal(record.id, present):
+            c.execute(statement)
+        if exists:
             c.execute(template("copy_drop_table", table=table))
-        try:
-            run_locked(conn, [table], drop, lock_timeout_ms=lock_timeout_ms, retries=retries, what=f"dropping {name}")
-        except psycopg.errors.DependentObjectsStillExist as exc:
-            detail = (exc.diag.message_detail or "").replace("\n", "; ")
-            raise GateFailed(f"{name} is still used: {detail}; drop or re-point that first (reembed drops without "
-                             "CASCADE)") from None
+        set_phase(c, record.id, phase, f"{phase}: dropped {name} and the change propagation" if exists
+                  else f"{phase}: dropped the change propagation", result.to_json())
+
+    try:
+        run_locked(conn, present, drop, lock_timeout_ms=lock_timeout_ms, retries=retries,
+                   what=f"dropping {name}", plan_id=record.id)
+    except psycopg.errors.DependentObjectsStillExist as exc:
+        detail = (exc.diag.message_detail or "").replace("\n", "; ")
+        raise GateFailed(f"{name} is still used: {detail}; drop or re-point that first (reembed drops without "
+                         "CASCADE)") from None
+    if exists:
         result.notes.append(f"dropping {name} returned {result.column_bytes / 2**20:.1f} MB to the file system "
                             f"at once ({result.index_bytes / 2**20:.1f} MB of it indexes)")
-    set_phase(conn, record.id, phase, f"{phase}: dropped {name}", result.to_json())
     record.phase = phase
     return result
+
+
+def _propagation_removal(plan_id: int, present: list[sql.Identifier]) -> list[sql.Composable]:
+    """Both directions' triggers on whichever of the plan's tables exist, then their functions."""
+    out: list[sql.Composable] = []
+    for direction in propagation.DIRECTIONS:
+        for table in present:
+            out += propagation.remove(plan_id, direction, table)[:2]
+        out += propagation.remove(plan_id, direction, None)
+    return out

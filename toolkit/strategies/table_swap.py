@@ -363,7 +363,7 @@ def perform(conn: psycopg.Connection, plan: Plan, record: PlanRecord, direction:
     relations = views + [outgoing, incoming] + [sql.Identifier(*child) for child in children
                                                  if child != (schema, s.outgoing)]
     locked = run_locked(conn, relations, swap, lock_timeout_ms=lock_timeout_ms, retries=retries, what=direction,
-                        on_retry=on_retry)
+                        on_retry=on_retry, plan_id=record.id)
     conn.execute("UPDATE reembed.swaps SET lock_ms = %s, attempts = %s WHERE id = %s",
                  (locked.lock_ms, locked.attempts, locked.result["swap_id"]))
     record.phase = s.phase_after

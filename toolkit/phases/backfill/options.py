@@ -27,6 +27,9 @@ class RunOptions:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     poll_seconds: float = 1.0
     progress: bool = True
+    # Keep embedding the application's changes as they come, until cleanup (or abandon, rollback,
+    # SIGINT/SIGTERM), instead of ending when nothing is pending.
+    follow: bool = False
 
     def validate(self) -> None:
         if not 1 <= self.batch_size <= 10_000:
@@ -41,6 +44,9 @@ class RunOptions:
             raise BadInput(f"--max-replica-lag must be positive, not {self.max_replica_lag}")
         if self.lease_seconds < 1:
             raise BadInput(f"--lease-seconds must be at least 1, not {self.lease_seconds}")
+        if self.follow and self.workers != 1:
+            raise BadInput("--follow runs one worker process: drop --workers (a live application's changes "
+                           "are few; start several `reembed run --follow` for more)")
 
     def per_worker(self) -> "RunOptions":
         """Each of N processes gets 1/N of the quotas and of the write throttle."""
@@ -91,13 +97,15 @@ class RunSummary:
     workers: int
     rows_per_second: float = 0.0
     rollback_fill: bool = False
+    followed_until: str | None = None  # --follow: what ended it (a phase, or "signal")
     peak_rss_mb: float = field(default_factory=lambda: peak_rss_mb())
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "phase": self.phase, "column": self.column, "seconds": round(self.seconds, 3),
                 "rows_per_second": round(self.rows_per_second, 1), "workers": self.workers,
                 "peak_rss_mb": self.peak_rss_mb,
-                "rollback_fill": self.rollback_fill, **asdict(self.counters), **self.progress.to_json()}
+                "rollback_fill": self.rollback_fill, "followed_until": self.followed_until,
+                **asdict(self.counters), **self.progress.to_json()}
 
 
 def peak_rss_mb() -> float:

@@ -4,14 +4,19 @@ Works in every phase from planned (it prepares first) to cut_over (then the stra
 say the new vectors carry the application's names). The work is done by `Worker`s: one in this
 process, or `--workers N` processes (toolkit.phases.backfill.processes); several machines
 running `reembed run` share the ledger the same way. The run ends when no row is pending: rows
-inserted or changed meanwhile (the tracking put them back) are embedded first.
+inserted or changed meanwhile (the tracking put them back) are embedded first. With --follow it
+keeps embedding the application's changes as they come until the plan is cleaned up, abandoned
+or rolled back, or SIGINT/SIGTERM stops it (cleanly: batches in flight written, leases released).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import psycopg
 
@@ -24,7 +29,7 @@ from toolkit.phases.backfill.replicas import check_can_watch
 from toolkit.phases.backfill.worker import Worker, make_target_embedder
 from toolkit.phases.prepare import prepare
 from toolkit.plan import Plan, load
-from toolkit.state import FINAL_PHASES, PlanRecord, log_event, set_phase
+from toolkit.state import FINAL_PHASES, PlanRecord, current_phase, log_event, set_phase
 from toolkit.strategies import places
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,12 @@ def refuse_open_batch_jobs(conn: psycopg.Connection, record: PlanRecord) -> None
 def run(db: Database, plan_ref: str, options: RunOptions) -> RunSummary:
     """Prepare when needed, then fill until no row is pending. Safe to run again at any time."""
     options.validate()
+    stop = threading.Event()
+    with _stopped_by_signals(stop, options.follow):
+        return _run(db, plan_ref, options, stop)
+
+
+def _run(db: Database, plan_ref: str, options: RunOptions, stop: threading.Event) -> RunSummary:
     conn = db.connect()
     try:
         if options.max_replica_lag:
@@ -72,8 +83,8 @@ def run(db: Database, plan_ref: str, options: RunOptions) -> RunSummary:
                 log_event(conn, record.id, "run", f"{queued} rows changed without change tracking seeing it: "
                           "queued again", {"rows": queued}, phase=record.phase)
         if record.phase in ("prepared", "backfilled"):
-            set_phase(conn, record.id, "backfilling", "backfill started")
-            record.phase = "backfilling"
+            set_phase(conn, record.id, "backfilling", "backfill started", expect=(record.phase,))
+            record.phase = current_phase(conn, record.id)  # another command may have moved it first
         target = places(plan, record.phase).new.column
         run_began = ledger.database_now(conn)
         started = time.monotonic()
@@ -81,8 +92,9 @@ def run(db: Database, plan_ref: str, options: RunOptions) -> RunSummary:
         log_event(conn, record.id, "run", f"run started: {before.rows_pending} rows pending",
                   {"workers": options.workers, "concurrency": options.concurrency,
                    "batch_size": options.batch_size, "column": target}, phase=record.phase)
+        followed_until = None
         if options.workers == 1:
-            counters = _run_here(db, plan, record, options, before)
+            counters, followed_until = _run_here(db, plan, record, options, before, stop)
         else:
             counters = run_workers(db, plan, record, options, before)
         seconds = time.monotonic() - started
@@ -95,12 +107,13 @@ def run(db: Database, plan_ref: str, options: RunOptions) -> RunSummary:
         if record.phase == "backfilling" and (after.rows_pending == 0 or live_tail):
             set_phase(conn, record.id, "backfilled", f"backfill complete: {after.rows_embedded} rows embedded"
                       + (f", {after.rows_pending} changed meanwhile pending" if after.rows_pending else ""),
-                      after.to_json())
-            record.phase = "backfilled"
+                      after.to_json(), expect=("backfilling",))
+        record.phase = current_phase(conn, record.id)
         loop = counters.loop_seconds or seconds
         summary = RunSummary(name=plan.name, phase=record.phase, column=target, seconds=seconds, counters=counters,
                              progress=after, workers=options.workers,
-                             rows_per_second=counters.rows_written / loop if loop > 0 else 0.0)
+                             rows_per_second=counters.rows_written / loop if loop > 0 else 0.0,
+                             followed_until=followed_until)
         log_event(conn, record.id, "run", f"run finished: {counters.rows_written} rows written in {seconds:.1f}s",
                   summary.to_json(), phase=record.phase)
         return summary
@@ -121,8 +134,8 @@ def _warn_if_shadow_indexed(conn: psycopg.Connection, plan: Plan, record: PlanRe
                     new.display)
 
 
-def _run_here(db: Database, plan: Plan, record: PlanRecord, options: RunOptions,
-              before: ledger.Progress) -> Counters:
+def _run_here(db: Database, plan: Plan, record: PlanRecord, options: RunOptions, before: ledger.Progress,
+              stop: threading.Event) -> tuple[Counters, str | None]:
     embedder = make_target_embedder(plan, options)
     bar = progress_bar(before.rows_pending, options.progress)
     totals = Counters()
@@ -142,11 +155,28 @@ def _run_here(db: Database, plan: Plan, record: PlanRecord, options: RunOptions,
         with lock:
             bar.set_description_str(why or "re-embedding")
 
-    worker = Worker(db, plan, record, options, embedder, ledger.owner_id(), on_rows=on_rows, on_pause=on_pause)
+    worker = Worker(db, plan, record, options, embedder, ledger.owner_id(), on_rows=on_rows, on_pause=on_pause,
+                    stop=stop)
     try:
         counters = worker.run()
     finally:
         bar.close()
         embedder.close()
     counters.provider_retries = max(counters.provider_retries, totals.provider_retries)
-    return counters
+    followed_until = (worker.ended_by or "signal") if options.follow else None
+    return counters, followed_until
+
+
+@contextmanager
+def _stopped_by_signals(stop: threading.Event, enabled: bool) -> Iterator[None]:
+    """--follow ends on Ctrl-C or SIGTERM like it ends at cleanup: the batches in flight are written,
+    the leases given back, the summary printed, exit 0."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

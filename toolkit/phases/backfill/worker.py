@@ -1,6 +1,7 @@
 """One process's share of a run: claim a leased batch, read the rows' current text, embed it in a
 thread (all threads share one rate limiter), write each finished batch in one short guarded
-transaction that also marks it done; until nothing is pending.
+transaction that also marks it done; until nothing is pending (with --follow: until the plan is
+cleaned up, abandoned or rolled back, or a signal stops it).
 
 Where the batch is written (which table, which column, by which statement) is the plan's
 strategy's answer (`BatchWriter` asks it); everything here is the same for every strategy.
@@ -21,14 +22,14 @@ import numpy as np
 import psycopg
 
 from toolkit.db import Database
-from toolkit.errors import MalformedResponse
+from toolkit.errors import MalformedResponse, PlanMoved
 from toolkit.phases import ledger
 from toolkit.phases.backfill.options import Counters, RunOptions, Throttle
 from toolkit.phases.backfill.replicas import ReplicaGate
 from toolkit.phases.writer import EMPTY_TEXT, BatchWriter, Claim, Claimed, SourceRow, check_vectors
 from toolkit.plan import Plan
 from toolkit.providers.base import EmbedBatch, Embedder
-from toolkit.state import PlanRecord
+from toolkit.state import FINAL_PHASES, PlanRecord, current_phase
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Worker:
         self.throttle = Throttle(options.max_rows_per_second)
         self.sweep_began: datetime | None = None  # rows changed after this wait for the next sweep
         self.sweeps = 0
+        self.ended_by: str | None = None  # the phase that ended a --follow (or stopped a run)
         self._parent = os.getppid()
         self._claimed: list[Claimed] = []  # batches claimed along with a write, not yet embedded
         self._inflight: dict[Future[EmbedBatch], Batch] = {}
@@ -100,14 +102,14 @@ class Worker:
                     if self.stop.is_set():
                         break
                     pending, claimable = ledger.pending_counts(conn, self.record.id)
-                    if pending == 0:
-                        break
+                    if pending == 0 or (claimable and self.sweeps >= MAX_SWEEPS):
+                        if not self.options.follow or not self._follow(conn):
+                            break
+                        continue
                     if claimable:
                         # What is left changed after this sweep began: the application is writing.
                         # Sweep again for it, a bounded number of times, so the run ends even
                         # under steady writes; the tail stays pending for the next run or cutover.
-                        if self.sweeps >= MAX_SWEEPS:
-                            break
                         self.sweeps += 1
                         self.sweep_began = ledger.database_now(conn)
                         continue
@@ -148,6 +150,12 @@ class Worker:
                     last_renew = time.monotonic()
                 if os.getppid() != self._parent:  # our parent `reembed run --workers` died: stop cleanly
                     self.stop.set()
+        except PlanMoved as exc:
+            # Cleaned up or abandoned under our feet: the guard wrote nothing. For --follow that is
+            # the end it waits for; for a plain run it is an interruption the user must hear about.
+            self.ended_by = exc.phase
+            if not self.options.follow:
+                raise
         finally:
             self.stop.set()
             for future in inflight:
@@ -162,6 +170,20 @@ class Worker:
             conn.close()
             self.counters.loop_seconds = time.monotonic() - loop_started
         return self.counters
+
+    def _follow(self, conn: psycopg.Connection) -> bool:
+        """--follow: nothing to do now. Wait for the application's next change, and start a new sweep;
+        False when following ends (a signal, or the plan was cleaned up, abandoned or rolled back)."""
+        while not self.stop.wait(self.options.poll_seconds):
+            phase = current_phase(conn, self.record.id)
+            if phase in FINAL_PHASES or (phase == "rolled_back" and self.record.phase != "rolled_back"):
+                self.ended_by = phase
+                return False
+            if ledger.pending_counts(conn, self.record.id)[1]:
+                self.sweeps = 0
+                self.sweep_began = ledger.database_now(conn)
+                return True
+        return False
 
     def _next_batch(self, conn: psycopg.Connection, writer: BatchWriter) -> Batch | None:
         while True:
