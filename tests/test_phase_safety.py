@@ -252,3 +252,33 @@ def test_a_phase_is_only_moved_on_from_the_phase_its_command_saw(conn, run_cli, 
     assert set_phase(conn, plan_id, "verified", "a late verify", expect=("backfilled", "indexed")) is False
     assert plan_row(conn)[0] == "cut_over"
     assert conn.execute("SELECT cut_over_at IS NOT NULL FROM reembed.plans WHERE id = %s", (plan_id,)).fetchone()[0]
+
+
+def test_an_instance_on_the_other_model_re_saving_an_unchanged_document_is_re_embedded(  # type: ignore[no-untyped-def]
+        conn, run_cli, gemini, ollama) -> None:
+    """Soak seed 1029: text and title unchanged, but the application wrote its own vector."""
+    _cut_over(conn, run_cli)
+    text, title = conn.execute("SELECT content, title FROM docs WHERE id = 7").fetchone()
+    # An instance still on the source model saves document 7 again, with that model's vector.
+    conn.execute("UPDATE docs SET content = content, embedding = %s WHERE id = 7", (_source_vectors([text])[0],))
+    # The same value written back, and another column changed, are no change.
+    conn.execute("UPDATE docs SET embedding = embedding, title = title WHERE id BETWEEN 20 AND 29")
+    assert ledger(conn, PLAN)["pending"] == 1 and _status(run_cli)["rows_source_stale"] == 1
+    assert len(wrong_vectors(conn, PLAN, "new")) == 1
+    result = run_cli("run", PLAN, "--no-progress", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rows_written"] == 1
+    # reembed's own write of that column is not the application's: nothing pending after it.
+    assert ledger(conn, PLAN)["pending"] == 0 and wrong_vectors(conn, PLAN, "new") == []
+    # After a rollback the column holds the source model's vectors: an instance already on the
+    # target model re-saving a document is caught the same way, and the fill's writes are its own.
+    assert run_cli("run", PLAN, "--rollback-fill", "--no-progress").exit_code == 0
+    assert run_cli("rollback", PLAN).exit_code == 0
+    conn.execute("UPDATE docs SET embedding = %s WHERE id = 8", (expected_vector(
+        TARGET, conn.execute("SELECT content FROM docs WHERE id = 8").fetchone()[0], task_type="RETRIEVAL_DOCUMENT",
+        title=conn.execute("SELECT title FROM docs WHERE id = 8").fetchone()[0], dimensions=768),))
+    assert _status(run_cli)["rows_source_stale"] == 1 and len(wrong_vectors(conn, PLAN, "old")) == 1
+    fill = run_cli("run", PLAN, "--rollback-fill", "--no-progress", "--json")
+    assert fill.exit_code == 0, fill.output
+    assert json.loads(fill.stdout)["rows_written"] == 1
+    assert wrong_vectors(conn, PLAN, "old") == [] and _status(run_cli)["rows_source_stale"] == 0

@@ -30,6 +30,9 @@ from toolkit.strategies import Place, places
 
 T = TypeVar("T")
 Role = Literal["new", "old"]
+# Marks the write transaction as reembed's own: the change tracking leaves alone what reembed writes
+# into the application's column (a write by anyone else after the first cutover makes the row pending).
+OWN_WRITE = "set_config('reembed.writing', 'on', true)"
 
 
 class PlaceGuard(Generic[T]):
@@ -49,6 +52,7 @@ class PlaceGuard(Generic[T]):
         """Inside the caller's write transaction: lock the plan's registry row until it ends and return
         what to write with for the phase the plan is in now. Raises PlanMoved when there is no
         longer a place for this writer's model."""
+        conn.execute(f"SELECT {OWN_WRITE}")
         return self.follow(current_phase(conn, self.plan_id, lock="SHARE"))
 
     def refresh(self, conn: psycopg.Connection) -> T:

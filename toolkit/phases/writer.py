@@ -32,7 +32,7 @@ from toolkit.phases.ddl import template
 from toolkit.phases import ledger
 from toolkit.phases.ledger import Key
 from toolkit.phases.prepare import key_json, vector_type
-from toolkit.phases.write_guard import PlaceGuard
+from toolkit.phases.write_guard import OWN_WRITE, PlaceGuard
 from toolkit.plan import Plan
 from toolkit.strategies.base import Write
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 EMPTY_TEXT = "empty text"
 # reembed.guard_write() raises this SQLSTATE when the plan is no longer in the phase a write was built for.
 PLACE_MOVED = "RM001"
-GUARD_WRITE = "SELECT reembed.guard_write(%s, %s)"
+GUARD_WRITE = f"SELECT reembed.guard_write(%s, %s), {OWN_WRITE}"
 # A write follows each phase change it meets; more than this many in one write is a plan being churned.
 MAX_PLACE_MOVES = 10
 

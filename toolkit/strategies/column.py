@@ -281,7 +281,8 @@ def _track_function(plan: Plan, plan_id: int) -> sql.Composable:
     unchanged = sql.SQL(" AND ").join(
         sql.SQL("OLD.{c} IS NOT DISTINCT FROM NEW.{c}").format(c=sql.Identifier(c)) for c in plan.watched_columns)
     return template("prepare_track_function", function=tracking_names(plan_id).function, unchanged=unchanged,
-                    old_key=key_json(plan, "OLD"), new_key=key_json(plan, "NEW"), plan_id=sql.Literal(plan_id))
+                    vector=sql.Identifier(plan.column), old_key=key_json(plan, "OLD"), new_key=key_json(plan, "NEW"),
+                    plan_id=sql.Literal(plan_id))
 
 
 def _track_trigger(plan: Plan, plan_id: int) -> sql.Composable:
