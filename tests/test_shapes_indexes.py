@@ -17,6 +17,7 @@ import pytest
 from client_tables import create_vecs
 from shapes_support import lifecycle, ok, vector_mismatches
 from tables import create_docs
+from toolkit.strategies import STRATEGIES
 from verify_support import old_vectors, verify_emulators, verify_env  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("verify_env")
@@ -48,11 +49,13 @@ def _plan_of(conn: psycopg.Connection, query: str, q: np.ndarray) -> str:
         return "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, {"q": q}, prepare=False))
 
 
-def _definitions(conn: psycopg.Connection) -> dict[str, str]:
-    return dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'docs'").fetchall())
+def _definitions(conn: psycopg.Connection, table: str = "docs") -> dict[str, str]:
+    return dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s", (table,)).fetchall())
 
 
-def test_every_index_reading_the_column_follows_it_and_serves_its_query(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_index_reading_the_column_follows_it_and_serves_its_query(conn, run_cli,  # type: ignore[no-untyped-def]
+                                                                        strategy: str) -> None:
     create_docs(conn, 300, vectors=old_vectors, index=None)
     conn.execute("ALTER TABLE docs ADD COLUMN tenant int")
     conn.execute("UPDATE docs SET tenant = id % 3")
@@ -62,7 +65,7 @@ def test_every_index_reading_the_column_follows_it_and_serves_its_query(conn, ru
     before = _definitions(conn)
 
     result = run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title",
-                     "--name", "ix", "--offline", "--json")
+                     "--name", "ix", "--offline", "--json", "--strategy", strategy)
     assert result.exit_code == 0, result.output
     planned = json.loads(result.stdout)["spec"]["indexes"]
     assert [i["original_name"] for i in planned][0] == "docs_embedding_idx"  # the one serving the app's query
@@ -78,13 +81,17 @@ def test_every_index_reading_the_column_follows_it_and_serves_its_query(conn, ru
     ok(run_cli("cutover", "ix"))
 
     after = _definitions(conn)
+    # The old vectors: a renamed column of docs (column strategy), or the renamed old table (copy).
+    old_table, old_column = (("docs", "embedding__old_nomic_embed_text") if strategy == "column"
+                             else ("docs__old_nomic_embed_text", "embedding"))
+    aside = _definitions(conn, old_table)
     for name, definition in before.items():
         if name not in INDEXES:
             continue
         # The original's name, the original's definition, on the column now carrying the new vectors.
         assert after[name] == definition, (name, after[name])
         old = f"old_nomic_embed_text__{name}"
-        assert "embedding__old_nomic_embed_text" in after[old], after
+        assert f"ON public.{old_table} " in aside[old] and old_column in aside[old], aside
     assert not [n for n in after if n != "docs_pkey" and n not in INDEXES and n.startswith("docs_")]
     q = old_vectors(["a query about lighthouses"])[0]
     for name, query in QUERIES.items():

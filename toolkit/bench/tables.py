@@ -116,4 +116,4 @@ def plan_request(name: str, strategy: str, output: Path) -> "PlanRequest":
     from toolkit.phases.planning import PlanRequest
 
     return PlanRequest(table=TABLE, column="embedding", text_columns=["content"], title_column="title", name=name,
-                       offline=True, output=output)
+                       offline=True, output=output, strategy=strategy)

@@ -54,7 +54,13 @@ def index(plan_ref: str, memory_cap: str, workers: int | None, no_progress: bool
         line += f" ({render.size(result.size_bytes)})"
     if result.dropped_invalid:
         line += "; an INVALID leftover of an interrupted build was dropped first"
+    if len(result.indexes) > 1:  # the totals above, then each index (the copy strategy builds them all)
+        line = line.replace(f"index {result.index} {result.action}", f"{len(result.indexes)} indexes {result.action}")
     click.echo(line)
+    if len(result.indexes) > 1:
+        for one in result.indexes:
+            timing = f" in {one.seconds:.1f}s" if one.action == "built" else ""
+            click.echo(f"  index {one.index} {one.action}{timing} ({render.size(one.size_bytes)})")
     for note in result.notes:
         if result.action == "built":
             click.echo(f"  note: {note}")
