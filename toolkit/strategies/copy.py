@@ -226,7 +226,7 @@ class CopyStrategy:
         return table_swap.finish(conn, plan, record, lock_timeout_ms=lock_timeout_ms, retries=retries)
 
     def swap_sql(self, plan: Plan, direction: str, conn: psycopg.Connection | None = None) -> list[sql.Composable]:
-        return table_swap.statements(plan, direction)
+        return table_swap.statements(plan, direction, conn)
 
     # -- cleanup / abandon ------------------------------------------------------------------
     def cleanup(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, *,

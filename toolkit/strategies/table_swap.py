@@ -616,29 +616,58 @@ def finish(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *, lock_tim
     return notes
 
 
-def statements(plan: Plan, direction: str) -> list[sql.Composable]:
-    """The fixed part of the swap, for `reembed plan --sql` (what binds to the table is read at
-    cutover time)."""
+def statements(plan: Plan, direction: str, conn: psycopg.Connection | None = None) -> list[sql.Composable]:
+    """The swap for `reembed plan --sql` / review. With `conn` and both tables there (after `run`),
+    the exact statements the swap would run now, read from the catalog as the swap reads it; with
+    only the outgoing table there (at plan), the fixed part and, by name, everything it carries."""
     s = sides(plan, direction)
     schema = plan.table_schema
-    out: list[sql.Composable] = [
+    outgoing, incoming = sql.Identifier(schema, s.outgoing), sql.Identifier(schema, s.incoming)
+    head: list[sql.Composable] = [
         sql.SQL("BEGIN"),
         template("cutover_lock_timeout", timeout=sql.Literal(f"{DEFAULT_LOCK_TIMEOUT_MS}ms")),
-        template("cutover_lock", relations=sql.SQL(", ").join([sql.Identifier(schema, s.outgoing),
-                                                               sql.Identifier(schema, s.incoming)])),
-        sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, s.outgoing), sql.Identifier(s.aside)),
-        sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, s.incoming),
-                                                      sql.Identifier(plan.table_name)),
+        template("cutover_lock", relations=sql.SQL(", ").join([outgoing, incoming])),
+    ]
+    tail: list[sql.Composable] = [
+        sql.SQL("COMMIT"),
+        sql.SQL("-- then VALIDATE the constraints added NOT VALID, and NOT NULL on {} without a scan").format(
+            sql.Identifier(plan.column))]
+    exists = (lambda name: conn.execute("SELECT to_regclass(%s) IS NOT NULL", (
+        sql.Identifier(schema, name).as_string(conn),)).fetchone()[0]) if conn is not None else (lambda name: False)
+    if conn is not None and exists(s.outgoing) and exists(s.incoming):
+        from toolkit.state import get_plan
+
+        bindings = capture(conn, _oid(conn, schema, s.outgoing))
+        exact, _ = exchange_statements(conn, plan, get_plan(conn, plan.name), s, bindings)
+        readers = {k: v for k, v in bindings.summary().items() if k in ("view", "materialized_view", "function")}
+        # The swap re-creates these from their definitions as it reads them under the lock.
+        exact += [sql.SQL("-- re-create {} on the swapped-in table: {}").format(
+            sql.SQL(kind.replace("_", " ")), sql.SQL(_comment_text(", ".join(names)))) for kind, names in readers.items()]
+        return head + exact + tail
+    out = head + [
+        sql.SQL("ALTER TABLE {} RENAME TO {}").format(outgoing, sql.Identifier(s.aside)),
+        sql.SQL("ALTER TABLE {} RENAME TO {}").format(incoming, sql.Identifier(plan.table_name)),
     ]
     out += [sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(schema, a), sql.Identifier(b))
             for _, a, b in index_renames(plan, direction)]
-    out += [sql.SQL("-- carry over: identity sequences, triggers, row security and policies, owner, grants, "
-                    "comments, publications, replica identity, CHECK and foreign keys (NOT VALID), views and "
-                    "functions reading the table; propagation turned round"),
-            sql.SQL("COMMIT"),
-            sql.SQL("-- then VALIDATE the constraints added NOT VALID, and NOT NULL on {} without a scan").format(
-                sql.Identifier(plan.column))]
-    return out
+    carried = capture(conn, _oid(conn, schema, s.outgoing)).summary() if conn is not None and exists(s.outgoing) \
+        else {}
+    if carried:
+        out += [sql.SQL("-- carry over {}: {}").format(sql.SQL(kind.replace("_", " ")),
+                                                       sql.SQL(_comment_text(", ".join(names))))
+                for kind, names in carried.items()]
+    out.append(sql.SQL("-- carry over: row security, owner, comments, replica identity, statistics; the change "
+                       "propagation turned round"
+                       if carried else
+                       "-- carry over: identity sequences, triggers, row security and policies, owner, grants, "
+                       "comments, publications, replica identity, CHECK and foreign keys (NOT VALID), views and "
+                       "functions reading the table; propagation turned round"))
+    return out + tail
+
+
+def _comment_text(text: str) -> str:
+    """Catalog names inside a `--` comment line: one line, and no braces for sql.SQL to format."""
+    return " ".join(text.split()).replace("{", "{{").replace("}", "}}")
 
 
 def bound_elsewhere(conn: psycopg.Connection, table: sql.Identifier) -> list[str]:
