@@ -167,8 +167,18 @@ class CopyStrategy:
             return _quietly(conn, new.ident, update_statement(plan, new, stage, plan_id, owner))
         copied = writable(columns(conn, plan.table), plan.column)
         match = sql.SQL(" AND ").join(sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(c)) for c in plan.primary_key)
+        copy_match = sql.SQL(" AND ").join(sql.SQL("c.{c} = s.{c}").format(c=sql.Identifier(c))
+                                           for c in plan.primary_key)
+        copy_row = propagation.row_of("c", copied)
+        fresh = sql.SQL("md5({}::text) IS NOT DISTINCT FROM (SELECT w.h FROM seen AS w WHERE w.pk = {})").format(
+            copy_row, key_json(plan, "c"))
+        refresh = sql.SQL("").join(
+            sql.SQL(", {c} = CASE WHEN {fresh} THEN EXCLUDED.{c} ELSE c.{c} END").format(c=sql.Identifier(c),
+                                                                                         fresh=fresh)
+            for c in copied if c not in plan.primary_key)
         return Write(template(
             "copy_write", plan_id=sql.Literal(plan_id), owner=sql.Literal(owner), stage=stage, copy=new.ident,
+            copy_match=copy_match, copy_row=copy_row, refresh=refresh,
             columns=sql.SQL(", ").join(map(sql.Identifier, copied)), vector=sql.Identifier(plan.column),
             values=sql.SQL(", ").join(sql.Identifier("t", c) for c in copied), original=plan.table, match=match,
             hash=plan.text_hash_expression("t"), key=sql.SQL(", ").join(map(sql.Identifier, plan.primary_key)),
