@@ -68,6 +68,10 @@ def reconcile(conn: psycopg.Connection, plan: Plan, plan_id: int, source: sql.Id
                 assert marked is not None
                 return Reconciled(changed=int(marked[0]), inserted=int(marked[1]), deleted=deleted,
                                   repaired=repaired)
+        except psycopg.errors.UndefinedTable:
+            # Dropped meanwhile (a cleanup or abandon won the race): nothing to repair; the swap's
+            # own check names what is missing.
+            return Reconciled()
         except psycopg.errors.SerializationFailure:
             if attempt == TRIES:
                 raise GateFailed(f"{mirror.as_string(conn)} could not be compared with {source.as_string(conn)}: "
