@@ -230,8 +230,9 @@ class CopyStrategy:
             return Reconciled()  # nothing to swap in; the swap's own check names it
         done = copy_reconcile.reconcile(conn, plan, record.id, plan.table, mirror.ident)
         if done.found:
-            log_event(conn, record.id, "reconcile", f"{mirror.ident.as_string(conn)}: {done.changed} rows changed, {done.inserted} "
-                      f"inserted, {done.deleted} deleted, {done.repaired} repaired behind change propagation's back",
+            log_event(conn, record.id, "reconcile",
+                      f"{mirror.ident.as_string(conn)}: {done.changed} rows changed, {done.inserted} inserted, "
+                      f"{done.deleted} deleted, {done.repaired} repaired behind change propagation's back",
                       done.__dict__, phase=record.phase)
         return done
 

@@ -55,9 +55,7 @@ def reconcile(conn: psycopg.Connection, plan: Plan, plan_id: int, source: sql.Id
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 conn.execute(diverged)
-                counts = conn.execute(sql.SQL(
-                    "SELECT count(*), count(*) FILTER (WHERE source_pk IS NULL), count(*) FILTER (WHERE source_pk "
-                    "IS NOT NULL AND mirror_pk IS NOT NULL AND NOT text_changed) FROM {}").format(_DIVERGED)).fetchone()
+                counts = conn.execute(template("copy_diverged_counts", diverged=_DIVERGED)).fetchone()
                 assert counts is not None
                 if not counts[0]:  # the usual case: the repair's statements (another scan) are not needed
                     return Reconciled()
