@@ -3,14 +3,22 @@
 -- the hash of the text embedded (a row changed since it was read is not written) and the lease,
 -- re-checked under the ledger row's lock: the propagation revokes the lease of a row whose text
 -- the application changes, so a batch computed from the old text skips it even when that change
--- commits while this statement runs. A row the propagation inserted first (or changed since) is
--- kept as the propagation left it; only its vector is set. Rows with v NULL were skipped (empty
--- text): they are copied without a vector. The copy has no trigger of the application's.
+-- commits while this statement runs. A row already in the copy (the propagation inserted it) gets
+-- its vector and every other column as the original has it, which repairs a change made behind
+-- the propagation's back (session_replication_role = replica); but when the copy row changed
+-- after this statement's snapshot (the propagation wrote a newer version of the row in the
+-- meantime) its columns are kept, not overwritten by this snapshot's older read of the
+-- original. Rows with v NULL were skipped (empty text): they are copied without a vector. The
+-- copy has no trigger of the application's.
 WITH claimed AS (
     SELECT l.pk FROM reembed.ledger AS l
     WHERE l.plan_id = {plan_id} AND l.pk IN (SELECT pk FROM {stage})
       AND l.lease_owner = {owner} AND l.state = 'pending'
     FOR UPDATE OF l
+), seen AS (
+    -- the copy's rows as this statement's snapshot has them
+    SELECT {copy_key} AS pk, md5({copy_row}::text) AS h
+    FROM {stage} AS s JOIN {copy} AS c ON {copy_match}
 ), written AS (
     INSERT INTO {copy} AS c ({columns}, {vector}) OVERRIDING SYSTEM VALUE
     SELECT {values}, s.v
@@ -18,7 +26,7 @@ WITH claimed AS (
     JOIN claimed AS k ON k.pk = s.pk
     JOIN {original} AS t ON {match}
     WHERE {hash} = s.hash
-    ON CONFLICT ({key}) DO UPDATE SET {vector} = EXCLUDED.{vector}
+    ON CONFLICT ({key}) DO UPDATE SET {vector} = EXCLUDED.{vector}{refresh}
     RETURNING {copy_key} AS pk
 )
 UPDATE reembed.ledger AS l

@@ -110,12 +110,17 @@ def check(conn: psycopg.Connection, plan: Plan, record: PlanRecord, options: Cut
                  "backfilled": f"build the index first: `reembed index {plan.name}`"}
         raise GateFailed(f"cannot cut over plan {plan.name!r} in phase {record.phase}: "
                          + hints.get(record.phase, f"run `reembed run {plan.name}` and `reembed index {plan.name}`"))
+    # Changes the strategy's tracking did not see, repaired first (the copy strategy's mirror
+    # would otherwise be swapped in without them); the rows to embed again are pending then.
+    missed = strategy_for(plan).reconcile(conn, plan, record)
     state = backfill_state(conn, plan, record)
     problems = []
-    if state.pending:
-        problems.append(f"{state.pending} rows are pending")
-    if state.stale:
-        problems.append(f"{state.stale} rows changed since they were embedded")
+    if state.pending > missed.requeued:
+        problems.append(f"{state.pending - missed.requeued} rows are pending")
+    if state.stale + missed.changed:
+        problems.append(f"{state.stale + missed.changed} rows changed since they were embedded")
+    if missed.inserted:
+        problems.append(f"{missed.inserted} rows were inserted without change tracking seeing them")
     if state.stale or state.uncovered:
         # Changed behind change tracking's back (its trigger does not fire under
         # session_replication_role = replica): queued, so the advised run (or the catch-up) does them.

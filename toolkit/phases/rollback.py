@@ -48,6 +48,10 @@ def check(conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> None:
     if record.phase != "cut_over":
         raise GateFailed(f"cannot roll back plan {plan.name!r} in phase {record.phase}: only a cut-over plan can be "
                          "rolled back" + (" (cleanup dropped the old vectors)" if record.phase == "cleaned_up" else ""))
+    # What the application wrote after cutover where the strategy's tracking could not see it,
+    # repaired in the table swapped back (rows whose text changed lose their source vector there:
+    # the rollback then lists them for `run --rollback-fill`).
+    strategy_for(plan).reconcile(conn, plan, record)
     strategy_for(plan).check_swap(conn, plan, record, "rollback", refresh_matviews=False)
 
 

@@ -120,6 +120,24 @@ class DropResult:
         return {**self.__dict__, "dropped_anything": self.dropped_anything}
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    """Rows change tracking did not see, found by a swap's check and repaired (copy strategy)."""
+
+    changed: int = 0  # text or title changed: the mirror's vector cleared, the row pending
+    inserted: int = 0  # missing from the mirror: copied, pending
+    deleted: int = 0  # gone from the application's table: removed from the mirror and the ledger
+    repaired: int = 0  # other columns only: copied, the vector kept
+
+    @property
+    def requeued(self) -> int:
+        return self.changed + self.inserted
+
+    @property
+    def found(self) -> bool:
+        return bool(self.requeued or self.deleted or self.repaired)
+
+
 Retry = Callable[[int, float, float], None]
 
 
@@ -178,6 +196,10 @@ class Strategy(Protocol):
     def index_targets(self, plan: "Plan", phase: str) -> list[IndexTarget]: ...
 
     # -- cutover ↔ rollback -----------------------------------------------------------------
+    def reconcile(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord") -> Reconciled:
+        """Before a swap's checks: find and repair what the new or old place misses of the
+        application's rows because change tracking did not see it (one scan); what was done."""
+
     def check_swap(self, conn: psycopg.Connection, plan: "Plan", record: "PlanRecord", direction: str, *,
                    refresh_matviews: bool) -> dict[str, list[str]]:
         """Refuse what the swap in `direction` (cutover | rollback) cannot do; returns what it will carry."""

@@ -28,7 +28,8 @@ from toolkit.phases.prepare import column_comment, key_json, new_column_type, tr
 from toolkit.plan import Plan
 from toolkit.providers.models import model_tag
 from toolkit.state import PlanRecord, log_event
-from toolkit.strategies.base import SWAPPED_PHASES, DropResult, IndexTarget, Place, Places, Retry, Write
+from toolkit.strategies.base import (SWAPPED_PHASES, DropResult, IndexTarget, Place, Places, Reconciled, Retry,
+                                     Write)
 
 _STORAGE = {"p": "PLAIN", "e": "EXTERNAL", "m": "MAIN", "x": "EXTENDED"}
 HNSW_GRAPH_OVERHEAD = 1.3
@@ -175,6 +176,11 @@ class ColumnStrategy:
         return swap.Exchange(direction="rollback", column=plan.column, incoming=plan.old_column,
                              aside=plan.shadow_column, index_renames=renames, aside_comment=shadow_comment,
                              phase_after="rolled_back", live_comment=comment_before_cutover)
+
+    def reconcile(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> Reconciled:
+        # Both models' vectors sit in the application's own rows: there is nothing to fall behind
+        # but the vectors, which cutover's gate compares with the ledger (ledger_requeue_stale).
+        return Reconciled()
 
     def check_swap(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, direction: str, *,
                    refresh_matviews: bool) -> dict[str, list[str]]:

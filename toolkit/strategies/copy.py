@@ -27,8 +27,9 @@ from toolkit.phases.prepare import key_json, with_lock_timeout
 from toolkit.plan import CopySpec, Plan
 from toolkit.providers.models import model_tag
 from toolkit.state import PlanRecord, log_event, set_phase
-from toolkit.strategies import propagation, table_swap
-from toolkit.strategies.base import SWAPPED_PHASES, DropResult, IndexTarget, Place, Places, Retry, Write
+from toolkit.strategies import copy_reconcile, propagation, table_swap
+from toolkit.strategies.base import (SWAPPED_PHASES, DropResult, IndexTarget, Place, Places, Reconciled, Retry,
+                                     Write)
 from toolkit.strategies.column import fill_update, refuse_what_names_the_old_dimension, update_statement
 from toolkit.strategies.copy_table import (carried_indexes, columns, copy_tag, create_statements, refusals, shape,
                                            writable)
@@ -166,8 +167,18 @@ class CopyStrategy:
             return _quietly(conn, new.ident, update_statement(plan, new, stage, plan_id, owner))
         copied = writable(columns(conn, plan.table), plan.column)
         match = sql.SQL(" AND ").join(sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(c)) for c in plan.primary_key)
+        copy_match = sql.SQL(" AND ").join(sql.SQL("c.{c} = s.{c}").format(c=sql.Identifier(c))
+                                           for c in plan.primary_key)
+        copy_row = propagation.row_of("c", copied)
+        fresh = sql.SQL("md5({}::text) IS NOT DISTINCT FROM (SELECT w.h FROM seen AS w WHERE w.pk = {})").format(
+            copy_row, key_json(plan, "c"))
+        refresh = sql.SQL("").join(
+            sql.SQL(", {c} = CASE WHEN {fresh} THEN EXCLUDED.{c} ELSE c.{c} END").format(c=sql.Identifier(c),
+                                                                                         fresh=fresh)
+            for c in copied if c not in plan.primary_key)
         return Write(template(
             "copy_write", plan_id=sql.Literal(plan_id), owner=sql.Literal(owner), stage=stage, copy=new.ident,
+            copy_match=copy_match, copy_row=copy_row, refresh=refresh,
             columns=sql.SQL(", ").join(map(sql.Identifier, copied)), vector=sql.Identifier(plan.column),
             values=sql.SQL(", ").join(sql.Identifier("t", c) for c in copied), original=plan.table, match=match,
             hash=plan.text_hash_expression("t"), key=sql.SQL(", ").join(map(sql.Identifier, plan.primary_key)),
@@ -210,6 +221,21 @@ class CopyStrategy:
         return targets
 
     # -- cutover ↔ rollback -----------------------------------------------------------------
+    def reconcile(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> Reconciled:
+        """The application's table against the table the swap would put in front of it (the copy
+        before cutover, the old table before a rollback): what the propagation missed, repaired."""
+        places = self.places(plan, record.phase)
+        mirror = places.old if record.phase in SWAPPED_PHASES else places.new
+        if conn.execute("SELECT to_regclass(%s) IS NULL", (mirror.ident.as_string(conn),)).fetchone()[0]:
+            return Reconciled()  # nothing to swap in; the swap's own check names it
+        done = copy_reconcile.reconcile(conn, plan, record.id, plan.table, mirror.ident)
+        if done.found:
+            log_event(conn, record.id, "reconcile",
+                      f"{mirror.ident.as_string(conn)}: {done.changed} rows changed, {done.inserted} inserted, "
+                      f"{done.deleted} deleted, {done.repaired} repaired behind change propagation's back",
+                      done.__dict__, phase=record.phase)
+        return done
+
     def check_swap(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord, direction: str, *,
                    refresh_matviews: bool) -> dict[str, list[str]]:
         return table_swap.check(conn, plan, record, direction, self.index_targets(plan, "backfilled"),

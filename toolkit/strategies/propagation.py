@@ -41,7 +41,8 @@ def names(plan_id: int, direction: str) -> Names:
                  truncate_function=sql.Identifier("reembed", f"truncate_{plan_id}{suffix}"))
 
 
-def _row(alias: str, cols: list[str]) -> sql.Composable:
+def row_of(alias: str, cols: list[str]) -> sql.Composable:
+    """row(alias.c1, ...): the alias as written (OLD, NEW, EXCLUDED must not be quoted)."""
     return sql.SQL("row({})").format(sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.SQL(alias), sql.Identifier(c))
                                                         for c in cols))
 
@@ -67,6 +68,10 @@ def functions(conn: psycopg.Connection, plan: Plan, plan_id: int, direction: str
     cols = columns(conn, source)
     copied = writable(cols, plan.column)
     text = plan.tracked_columns
+    # A row trigger sees a VIRTUAL generated column (PostgreSQL 18) as NULL in OLD and NEW, so the
+    # text's change is judged on what it is computed from too (the column strategy's watched
+    # columns); the mirror's own values (m, EXCLUDED) are computed, and compared as they are.
+    judged = list(dict.fromkeys(text + plan.text_inputs))
     n = names(plan_id, direction)
     unchanged = sql.SQL(" AND ").join(
         sql.SQL("OLD.{c} IS NOT DISTINCT FROM NEW.{c}").format(c=sql.Identifier(c)) for c in copied)
@@ -80,8 +85,8 @@ def functions(conn: psycopg.Connection, plan: Plan, plan_id: int, direction: str
         unchanged=unchanged, columns=sql.SQL(", ").join(map(sql.Identifier, copied)),
         values=sql.SQL(", ").join(sql.SQL("NEW.{}").format(sql.Identifier(c)) for c in copied),
         key=sql.SQL(", ").join(map(sql.Identifier, plan.primary_key)), assignments=assignments,
-        vector=sql.Identifier(plan.column), mirror_text=_row("m", text), excluded_text=_row("EXCLUDED", text),
-        text_changed=sql.SQL("{} IS DISTINCT FROM {}").format(_row("OLD", text), _row("NEW", text)))
+        vector=sql.Identifier(plan.column), mirror_text=row_of("m", text), excluded_text=row_of("EXCLUDED", text),
+        text_changed=sql.SQL("{} IS DISTINCT FROM {}").format(row_of("OLD", judged), row_of("NEW", judged)))
     return [function, template("copy_truncate_function", function=n.truncate_function, target=target,
                                plan_id=sql.Literal(plan_id))]
 
