@@ -63,6 +63,14 @@ def _prepared(conn: psycopg.Connection, run_cli) -> None:  # type: ignore[no-unt
     assert result.exit_code == 0, result.output
 
 
+def _tagged_live(before: list[tuple], now: list[tuple], model: str) -> bool:
+    """`now` is `before` but for the vector column's comment, which names the model that filled it
+    (the live tag the application's query-model switch reads: toolkit/column_tag.py)."""
+    untagged = [row[:-1] + ((None,) if row[0] == "embedding" else (row[-1],)) for row in now]
+    tag = json.loads(next(row[-1] for row in now if row[0] == "embedding") or "{}")
+    return untagged == before and tag.get("role") == "live" and tag.get("model") == model
+
+
 def test_cutover_rollback_cutover_cleanup(conn, run_cli, gemini, ollama) -> None:  # type: ignore[no-untyped-def]
     _prepared(conn, run_cli)
     before_shape = shape(conn, "docs")
@@ -73,7 +81,7 @@ def test_cutover_rollback_cutover_cleanup(conn, run_cli, gemini, ollama) -> None
     swap = json.loads(result.stdout)["swap"]
     assert swap["lock_ms"] > 0
     # The application's table: the same columns and names, the new model's vectors.
-    assert shape(conn, "docs") == before_shape
+    assert _tagged_live(before_shape, shape(conn, "docs"), "gemini-embedding-001"), shape(conn, "docs")
     assert _indexes(conn, "docs") == before_indexes
     assert mismatches(conn, "embedding") == []
     assert {t for t in _triggers(conn, "docs") if not t.startswith("reembed")} == {"docs_touch", "docs_outbox"}
@@ -155,7 +163,8 @@ def test_cutover_rollback_cutover_cleanup(conn, run_cli, gemini, ollama) -> None
     assert dropped["what"] == "table" and dropped["column_bytes"] > 0
     assert conn.execute("SELECT to_regclass(%s)", (OLD,)).fetchone()[0] is None
     assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'reembed%'").fetchone()[0] == 0
-    assert shape(conn, "docs") == before_shape and _indexes(conn, "docs") == before_indexes
+    assert _tagged_live(before_shape, shape(conn, "docs"), "gemini-embedding-001")
+    assert _indexes(conn, "docs") == before_indexes
     conn.execute("DELETE FROM authors WHERE id = 2")
     assert conn.execute("SELECT count(*) FROM docs WHERE author_id = 2").fetchone()[0] == 0
     conn.execute("DELETE FROM docs WHERE id = 30")
