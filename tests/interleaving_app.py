@@ -109,7 +109,8 @@ class App:
                 try:
                     self.step(conn)
                 except psycopg.Error as exc:  # the test fails on any: the application must never see one
-                    self.errors.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
+                    detail = f" ({' '.join(exc.diag.message_detail.split())})" if exc.diag.message_detail else ""
+                    self.errors.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}{detail}")
                     if len(self.errors) > 20:
                         break
                 next_at += interval

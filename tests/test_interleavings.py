@@ -241,7 +241,7 @@ class Interleaving:
         create_docs(self.conn, ROWS, index="hnsw", vectors=lambda texts: expected_vectors(
             "ollama:nomic-embed-text", texts, task_type="RETRIEVAL_DOCUMENT", dimensions=768))
         self.conn.execute("ALTER TABLE docs ADD COLUMN views integer NOT NULL DEFAULT 0")
-        strategy = [] if self.strategy == "column" else ["--strategy", self.strategy]
+        strategy = ["--strategy", self.strategy]  # plan would recommend copy for both
         result = self.run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title",
                               "--name", PLAN, "--offline", *strategy)
         assert result.exit_code == 0, result.output

@@ -298,3 +298,17 @@ def test_an_instance_on_the_other_model_re_saving_an_unchanged_document_is_re_em
     assert fill.exit_code == 0, fill.output
     assert json.loads(fill.stdout)["rows_written"] == 1
     assert wrong_vectors(conn, PLAN, "old") == [] and _status(run_cli)["rows_source_stale"] == 0
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_second_rollback_behind_the_first_says_the_plan_moved(conn, run_cli, gemini, ollama,  # type: ignore[no-untyped-def]
+                                                                strategy) -> None:
+    from toolkit.errors import PlanMoved
+    from toolkit.phases.rollback import rollback
+
+    _cut_over(conn, run_cli, rows=30, strategy=strategy)
+    plan, stale = load(conn, PLAN)  # read while cut over, as a second `reembed rollback` started at once would
+    assert run_cli("rollback", PLAN).exit_code == 0
+    with pytest.raises(PlanMoved, match="moved to phase rolled_back \\(another command\\)"):
+        rollback(conn, plan, stale)
+    assert plan_row(conn)[0] == "rolled_back" and _old_vectors_kept(conn)

@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import psycopg
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from toolkit.config import scrub
-from toolkit.errors import BadInput
+from toolkit.errors import BadInput, GateFailed, PlanMoved
+
+T = TypeVar("T")
 
 PHASES = (
     "planned", "prepared", "backfilling", "backfilled", "indexed", "verified",
@@ -149,6 +151,22 @@ def current_phase(conn: psycopg.Connection, plan_id: int, lock: str | None = Non
     if row is None:
         raise BadInput(f"plan {plan_id} is no longer registered")
     return row[0]
+
+
+def checked_in_phase(conn: psycopg.Connection, name: str, plan_id: int, phase: str, check: Callable[[], T]) -> T:
+    """A command's checks before its lock, read for `phase`. When they refuse because another command
+    moved the plan meanwhile (a second rollback behind the first: the table it checks is gone), the
+    refusal says that, not what the move left behind."""
+    try:
+        return check()
+    except PlanMoved:
+        raise
+    except GateFailed as exc:
+        now = current_phase(conn, plan_id)
+        if now != phase:
+            raise PlanMoved(f"plan {name!r} moved to phase {now} (another command) while this command checked it: "
+                            "nothing was changed", now) from exc
+        raise
 
 
 def log_event(conn: psycopg.Connection, plan_id: int | None, kind: str, message: str,

@@ -24,7 +24,7 @@ from toolkit.phases import swap
 from toolkit.phases.ddl import template
 from toolkit.phases.locking import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_RETRIES
 from toolkit.plan import Plan
-from toolkit.state import PlanRecord, current_phase
+from toolkit.state import PlanRecord, checked_in_phase, current_phase
 from toolkit.strategies import places, strategy_for
 
 CUTOVER_PHASES = ("indexed", "verified", "rolled_back")
@@ -194,7 +194,8 @@ def cutover(conn: psycopg.Connection, plan: Plan, record: PlanRecord, options: C
         if db is not None and options.catch_up_rows:
             caught_up += catch_up(db, conn, plan, record, options.catch_up_rows)
         try:
-            result = check(conn, plan, record, options)
+            result = checked_in_phase(conn, plan.name, record.id, record.phase,
+                                      lambda: check(conn, plan, record, options))
             outcome = strategy.swap(conn, plan, record, "cutover", recheck=recheck(plan, record),
                                     lock_timeout_ms=options.lock_timeout_ms, retries=options.retries,
                                     refresh_matviews=options.refresh_matviews, on_retry=on_retry)

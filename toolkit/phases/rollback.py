@@ -22,7 +22,7 @@ from toolkit.phases import swap
 from toolkit.phases.ddl import template
 from toolkit.phases.locking import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_RETRIES
 from toolkit.plan import Plan
-from toolkit.state import PlanRecord, current_phase
+from toolkit.state import PlanRecord, checked_in_phase, current_phase
 from toolkit.strategies import Place, places, strategy_for
 
 MISSING_SHOWN = 20
@@ -103,7 +103,7 @@ def rollback(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *,
         notes = ["already rolled back"] + strategy.finish_swap(conn, plan, record, lock_timeout_ms=lock_timeout_ms,
                                                                retries=retries)
     else:
-        check(conn, plan, record)
+        checked_in_phase(conn, plan.name, record.id, record.phase, lambda: check(conn, plan, record))
         outcome = strategy.swap(conn, plan, record, "rollback", recheck=recheck(plan, record),
                                 lock_timeout_ms=lock_timeout_ms, retries=retries, refresh_matviews=refresh_matviews,
                                 on_retry=on_retry)

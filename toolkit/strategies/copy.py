@@ -185,8 +185,16 @@ class CopyStrategy:
             copy_key=key_json(plan, "c")))
 
     def fill_statement(self, conn: psycopg.Connection, plan: Plan, phase: str, stage: sql.Identifier) -> Write:
+        from toolkit.state import get_plan
+
         old = self.places(plan, phase).old
-        return _quietly(conn, old.ident, fill_update(plan, old, stage))
+        write = _quietly(conn, old.ident, fill_update(plan, old, stage))
+        if phase not in SWAPPED_PHASES:
+            return write  # the application's own table: its row first, then the ledger, as its writes
+        # The old vectors are in the mirror, which the propagation writes after the ledger row.
+        lock = template("copy_lock_ledger_rows", plan_id=sql.Literal(get_plan(conn, plan.name).id),
+                        keys=sql.SQL("SELECT pk FROM {}").format(stage))
+        return Write(write.statement, before=(lock, *write.before), after=write.after)
 
     # -- index ------------------------------------------------------------------------------
     def check_index(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> None:

@@ -60,6 +60,9 @@ def reconcile(conn: psycopg.Connection, plan: Plan, plan_id: int, source: sql.Id
                 if not counts[0]:  # the usual case: the repair's statements (another scan) are not needed
                     return Reconciled()
                 deleted, repaired = int(counts[1]), int(counts[2])
+                conn.execute(template("copy_lock_ledger_rows", plan_id=sql.Literal(plan_id), keys=sql.SQL(
+                    "SELECT source_pk FROM {d} WHERE source_pk IS NOT NULL UNION "
+                    "SELECT mirror_pk FROM {d} WHERE mirror_pk IS NOT NULL").format(d=_DIVERGED)))
                 conn.execute(template("copy_repair_remove", **parts))
                 conn.execute(upsert)
                 marked = conn.execute(template("copy_repair_mark", **parts)).fetchone()
