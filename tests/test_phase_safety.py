@@ -312,3 +312,23 @@ def test_a_second_rollback_behind_the_first_says_the_plan_moved(conn, run_cli, g
     with pytest.raises(PlanMoved, match="moved to phase rolled_back \\(another command\\)"):
         rollback(conn, plan, stale)
     assert plan_row(conn)[0] == "rolled_back" and _old_vectors_kept(conn)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_second_cutover_behind_the_first_says_the_plan_moved(conn, run_cli, gemini, ollama,  # type: ignore[no-untyped-def]
+                                                               strategy) -> None:
+    from toolkit.errors import PlanMoved
+    from toolkit.phases.cutover import CutoverOptions, cutover
+
+    create_docs(conn, 30, index="hnsw", vectors=_source_vectors)
+    assert run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title",
+                   "--name", PLAN, "--offline", "--strategy", strategy).exit_code == 0
+    for args in (("run", PLAN, "--no-progress"), ("index", PLAN, "--no-progress")):
+        assert run_cli(*args).exit_code == 0
+    plan, stale = load(conn, PLAN)  # read while indexed, as a second `reembed cutover` started at once would
+    assert run_cli("cutover", PLAN, "--force").exit_code == 0
+    # Its checks read the new vectors by the names they had before the first cutover took them
+    # (interleaving soak seed 1195: a raw "relation ... does not exist").
+    with pytest.raises(PlanMoved, match="moved to phase cut_over \\(another command\\)"):
+        cutover(conn, plan, stale, CutoverOptions(force=True, catch_up_rows=0))
+    assert plan_row(conn)[0] == "cut_over" and wrong_vectors(conn, PLAN, "new") == []

@@ -155,13 +155,14 @@ def current_phase(conn: psycopg.Connection, plan_id: int, lock: str | None = Non
 
 def checked_in_phase(conn: psycopg.Connection, name: str, plan_id: int, phase: str, check: Callable[[], T]) -> T:
     """A command's checks before its lock, read for `phase`. When they refuse because another command
-    moved the plan meanwhile (a second rollback behind the first: the table it checks is gone), the
-    refusal says that, not what the move left behind."""
+    moved the plan meanwhile (a second rollback behind the first: the table it checks is gone; a
+    second cutover reading the copy by the name the first one just took from it), the refusal says
+    that, not what the move left behind."""
     try:
         return check()
     except PlanMoved:
         raise
-    except GateFailed as exc:
+    except (GateFailed, psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
         now = current_phase(conn, plan_id)
         if now != phase:
             raise PlanMoved(f"plan {name!r} moved to phase {now} (another command) while this command checked it: "
