@@ -5,29 +5,18 @@ follows it; its triggers fire only for its own writes; foreign keys both ways ho
 from __future__ import annotations
 
 import json
-from typing import Iterator
 
 import psycopg
 import pytest
 
-from backfill_support import gemini, mismatches  # noqa: F401 (fixture)
+from backfill_support import gemini, mismatches, ollama  # noqa: F401 (fixtures)
 from copy_support import COPY, OLD, PLAN, create_app_table, outbox_count, plan_copy, rows_of, shape
 from tables import passage
-from toolkit.emulators import expected_vector, start_ollama
+from toolkit.emulators import expected_vector
 from toolkit.phases.cleanup import preview as cleanup_preview
 from toolkit.plan import load as load_plan
 
 SOURCE = "ollama:nomic-embed-text"
-
-
-@pytest.fixture()
-def ollama(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    server = start_ollama()
-    monkeypatch.setenv("OLLAMA_HOST", server.base_url)
-    try:
-        yield server.base_url
-    finally:
-        server.stop()
 
 
 def _indexes(conn: psycopg.Connection, table: str) -> set[str]:

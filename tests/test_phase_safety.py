@@ -35,17 +35,26 @@ def _garbage(rng: np.random.Generator) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def _cut_over(conn: psycopg.Connection, run_cli, rows: int = 150,  # type: ignore[no-untyped-def]
-              strategy: str | None = None) -> None:
-    """docs filled by the application with the source model's vectors, taken to cut_over by the real
+def _indexed(conn: psycopg.Connection, run_cli, rows: int = 150,  # type: ignore[no-untyped-def]
+             strategy: str | None = None) -> None:
+    """docs filled by the application with the source model's vectors, taken to indexed by the real
     commands (with `strategy`, that one; else the one plan recommends)."""
     create_docs(conn, rows, index="hnsw", vectors=_source_vectors)
     chosen = ["--strategy", strategy] if strategy else []
     assert run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title",
                    "--name", PLAN, "--offline", *chosen).exit_code == 0
-    for args in (("run", PLAN, "--no-progress"), ("index", PLAN, "--no-progress"), ("cutover", PLAN, "--force")):
+    for args in (("run", PLAN, "--no-progress"), ("index", PLAN, "--no-progress")):
         result = run_cli(*args)
         assert result.exit_code == 0, result.output
+    assert plan_row(conn)[0] == "indexed"
+
+
+def _cut_over(conn: psycopg.Connection, run_cli, rows: int = 150,  # type: ignore[no-untyped-def]
+              strategy: str | None = None) -> None:
+    """As `_indexed`, then cut over by the real command."""
+    _indexed(conn, run_cli, rows, strategy)
+    result = run_cli("cutover", PLAN, "--force")
+    assert result.exit_code == 0, result.output
     assert plan_row(conn)[0] == "cut_over"
 
 
@@ -320,11 +329,7 @@ def test_a_second_cutover_behind_the_first_says_the_plan_moved(conn, run_cli, ge
     from toolkit.errors import PlanMoved
     from toolkit.phases.cutover import CutoverOptions, cutover
 
-    create_docs(conn, 30, index="hnsw", vectors=_source_vectors)
-    assert run_cli("plan", "docs", "--column", "embedding", "--text", "content", "--title", "title",
-                   "--name", PLAN, "--offline", "--strategy", strategy).exit_code == 0
-    for args in (("run", PLAN, "--no-progress"), ("index", PLAN, "--no-progress")):
-        assert run_cli(*args).exit_code == 0
+    _indexed(conn, run_cli, rows=30, strategy=strategy)
     plan, stale = load(conn, PLAN)  # read while indexed, as a second `reembed cutover` started at once would
     assert run_cli("cutover", PLAN, "--force").exit_code == 0
     # Its checks read the new vectors by the names they had before the first cutover took them

@@ -632,30 +632,24 @@ def statements(plan: Plan, direction: str, conn: psycopg.Connection | None = Non
         sql.SQL("COMMIT"),
         sql.SQL("-- then VALIDATE the constraints added NOT VALID, and NOT NULL on {} without a scan").format(
             sql.Identifier(plan.column))]
-    exists = (lambda name: conn.execute("SELECT to_regclass(%s) IS NOT NULL", (
-        sql.Identifier(schema, name).as_string(conn),)).fetchone()[0]) if conn is not None else (lambda name: False)
-    if conn is not None and exists(s.outgoing) and exists(s.incoming):
+    present = {name for name in (s.outgoing, s.incoming) if conn is not None and conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(schema, name).as_string(conn),)).fetchone()[0]}
+    bindings = capture(conn, _oid(conn, schema, s.outgoing)) if conn is not None and s.outgoing in present else None
+    if conn is not None and bindings is not None and s.incoming in present:
         from toolkit.state import get_plan
 
-        bindings = capture(conn, _oid(conn, schema, s.outgoing))
         exact, _ = exchange_statements(conn, plan, get_plan(conn, plan.name), s, bindings)
-        readers = {k: v for k, v in bindings.summary().items() if k in ("view", "materialized_view", "function")}
         # The swap re-creates these from their definitions as it reads them under the lock.
-        exact += [sql.SQL("-- re-create {} on the swapped-in table: {}").format(
-            sql.SQL(kind.replace("_", " ")), sql.SQL(_comment_text(", ".join(names)))) for kind, names in readers.items()]
-        return head + exact + tail
+        readers = {k: v for k, v in bindings.summary().items() if k in ("view", "materialized_view", "function")}
+        return head + exact + _named_by_kind("re-create {} on the swapped-in table: {}", readers) + tail
     out = head + [
         sql.SQL("ALTER TABLE {} RENAME TO {}").format(outgoing, sql.Identifier(s.aside)),
         sql.SQL("ALTER TABLE {} RENAME TO {}").format(incoming, sql.Identifier(plan.table_name)),
     ]
     out += [sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(schema, a), sql.Identifier(b))
             for _, a, b in index_renames(plan, direction)]
-    carried = capture(conn, _oid(conn, schema, s.outgoing)).summary() if conn is not None and exists(s.outgoing) \
-        else {}
-    if carried:
-        out += [sql.SQL("-- carry over {}: {}").format(sql.SQL(kind.replace("_", " ")),
-                                                       sql.SQL(_comment_text(", ".join(names))))
-                for kind, names in carried.items()]
+    carried = bindings.summary() if bindings is not None else {}
+    out += _named_by_kind("carry over {}: {}", carried)
     out.append(sql.SQL("-- carry over: row security, owner, comments, replica identity, statistics; the change "
                        "propagation turned round"
                        if carried else
@@ -663,6 +657,12 @@ def statements(plan: Plan, direction: str, conn: psycopg.Connection | None = Non
                        "comments, publications, replica identity, CHECK and foreign keys (NOT VALID), views and "
                        "functions reading the table; propagation turned round"))
     return out + tail
+
+
+def _named_by_kind(line: str, names_by_kind: dict[str, list[str]]) -> list[sql.Composable]:
+    """One `-- ` comment line per kind of binding (`line` formats kind, then its names)."""
+    return [sql.SQL("-- " + line).format(sql.SQL(kind.replace("_", " ")), sql.SQL(_comment_text(", ".join(names))))
+            for kind, names in names_by_kind.items()]
 
 
 def _comment_text(text: str) -> str:
