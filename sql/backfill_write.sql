@@ -3,14 +3,20 @@
 -- written and stays pending; so is a row whose lease this process lost. A row with v NULL was
 -- skipped (empty text): its vector column is cleared so no vector of an older text survives.
 -- Rows are locked user row first, then ledger row: the same order as the tracking trigger.
-WITH written AS (
+-- The leases are looked up by = ANY of the batch's keys (asked as EXISTS, the planner estimated
+-- this owner's leased rows at one and scanned the whole ledger once per batch) and matched to the
+-- staged rows by the table's typed key columns, not by comparing jsonb ledger keys.
+WITH leased AS (
+    SELECT {leased_key}
+    FROM reembed.ledger AS o CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, o.pk) AS k
+    WHERE o.plan_id = {plan_id} AND o.pk = ANY (ARRAY(SELECT pk FROM {stage}))
+      AND o.lease_owner = {owner} AND o.state = 'pending'
+), written AS (
     UPDATE {table} AS t
     SET {target} = s.v
-    FROM {stage} AS s
+    FROM {stage} AS s JOIN leased AS k ON {leased_match}
     WHERE {match}
       AND {hash} = s.hash
-      AND EXISTS (SELECT 1 FROM reembed.ledger AS o
-                  WHERE o.plan_id = {plan_id} AND o.pk = s.pk AND o.lease_owner = {owner} AND o.state = 'pending')
     RETURNING s.pk, s.hash, s.v IS NULL AS skipped, s.reason
 )
 UPDATE reembed.ledger AS l

@@ -12,6 +12,7 @@ import numpy as np
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from backfill_support import make_plan, shadow_column
 from reliability_support import wait_for
@@ -194,3 +195,53 @@ def test_a_write_after_cleanup_or_abandon_writes_nothing_and_says_so(conn, run_c
     column = shadow_column(conn, "p1")
     assert conn.execute(sql.SQL("SELECT count({}) FROM docs").format(sql.Identifier(column))).fetchone()[0] == 0
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def _relations_scanned_whole(plan: object) -> set[str]:
+    """Every relation a plan (EXPLAIN FORMAT JSON) reads with a sequential scan."""
+    found: set[str] = set()
+    if isinstance(plan, dict):
+        if plan.get("Node Type") == "Seq Scan":
+            found.add(plan.get("Relation Name", ""))
+        for value in plan.values():
+            found |= _relations_scanned_whole(value)
+    elif isinstance(plan, list):
+        for value in plan:
+            found |= _relations_scanned_whole(value)
+    return found
+
+
+@pytest.mark.parametrize("strategy", ["column", "copy"])
+def test_a_batch_write_reaches_the_ledger_and_the_table_by_key(  # type: ignore[no-untyped-def]
+        conn, run_cli, strategy) -> None:
+    """A batch's guarded write finds its leases and its rows by key: a plan that reads the whole
+    ledger (or the whole table, or the whole copy) once per batch makes a migration quadratic in
+    the table's size. The ledger's statistics are as autovacuum leaves them: they have never seen
+    this lease owner, which is what led the planner to scan it. Asked mid-migration, with two
+    thirds of the rows written (the copy's statistics then know it is not empty)."""
+    create_docs(conn, 3000, index=None)
+    result = run_cli("plan", "docs", "--strategy", strategy, "--column", "embedding", "--text", "content",
+                     "--title", "title", "--name", "p1", "--offline")
+    assert result.exit_code == 0, result.output
+    plan, record = load(conn, "p1")
+    prepare(conn, plan, record)
+    writer = BatchWriter(conn, plan, record.id, ledger.owner_id(), "backfilling")
+    for _ in range(20):
+        batch = writer.claim(Claim(100, 300))
+        assert writer.write(batch.rows, _unit(len(batch.rows)), {}).written == len(batch.rows)
+    conn.execute("ANALYZE")
+    batch = writer.claim(Claim(100, 300))
+    vectors = _unit(len(batch.rows))
+    conn.execute("BEGIN")
+    try:
+        conn.execute(writer._stage_rows, {  # what the pipeline stages before the write
+            "pks": [Jsonb(r.key) for r in batch.rows], "hashes": [r.hash for r in batch.rows],
+            "vectors": [vectors[i] for i in range(len(batch.rows))], "reasons": [None] * len(batch.rows)})
+        write = writer.guard.built
+        for statement in write.before:
+            conn.execute(statement)
+        explained = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + write.statement).fetchone()[0]
+    finally:
+        conn.execute("ROLLBACK")
+    scanned = _relations_scanned_whole(explained) - {writer.stage.as_string(conn).strip('"')}
+    assert not scanned, f"the {strategy} write reads {sorted(scanned)} whole, once per batch: {explained}"

@@ -65,15 +65,22 @@ def key_json(plan: Plan, row: str) -> sql.Composable:
     return sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(pairs))
 
 
+def key_columns(plan: Plan, alias: str) -> sql.Composable:
+    """`alias.k1, alias.k2, ...`: the primary key's columns."""
+    return sql.SQL(", ").join(sql.Identifier(alias, c) for c in plan.primary_key)
+
+
+def key_match(plan: Plan, left: str, right: str) -> sql.Composable:
+    """`left.k1 = right.k1 AND ...` over the primary key."""
+    return sql.SQL(" AND ").join(
+        sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), sql.Identifier(c), sql.Identifier(right),
+                                        sql.Identifier(c)) for c in plan.primary_key)
+
+
 def vector_type(plan: Plan) -> sql.Composable:
     """`vector(N)` or `halfvec(N)`, the new column's element type at the planned dimensions: what
     every new vector is."""
     return sql.SQL("{}({})").format(sql.Identifier(plan.new_vector_base), sql.Literal(plan.dimensions))
-
-
-def source_vector_type(plan: Plan) -> sql.Composable:
-    """What every source-model vector is: the original column's element type and dimensions."""
-    return sql.SQL("{}({})").format(sql.Identifier(plan.vector_base), sql.Literal(plan.source_dimensions))
 
 
 def new_column_type(plan: Plan) -> sql.Composable:

@@ -31,7 +31,7 @@ from toolkit.errors import MalformedResponse, PlanMoved
 from toolkit.phases.ddl import template
 from toolkit.phases import ledger
 from toolkit.phases.ledger import Key
-from toolkit.phases.prepare import key_json, vector_type
+from toolkit.phases.prepare import key_columns, key_json, key_match
 from toolkit.phases.write_guard import OWN_WRITE, PlaceGuard
 from toolkit.plan import Plan
 from toolkit.strategies.base import Write
@@ -70,15 +70,25 @@ class Outcome:
     written_keys: list[Key] = field(default_factory=list)
 
 
-def match(plan: Plan, left: str, right: str) -> sql.Composable:
-    """`left.k1 = right.k1 AND ...` over the primary key."""
-    return sql.SQL(" AND ").join(
-        sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), sql.Identifier(c), sql.Identifier(right),
-                                        sql.Identifier(c)) for c in plan.primary_key)
+# Bytes of one element type's vector (its varlena header included), for whether it fits inline.
+_BYTES_PER_DIMENSION = {"vector": 4, "halfvec": 2}
+_INLINE_LIMIT = 6000  # of a heap page's 8160, leaving room for the key, hash and skip reason
 
 
-def key_columns(plan: Plan, alias: str) -> sql.Composable:
-    return sql.SQL(", ").join(sql.Identifier(alias, c) for c in plan.primary_key)
+def create_stage(conn: psycopg.Connection, plan: Plan, name: str, base: str, dimensions: int) -> sql.Identifier:
+    """The connection's staging table `name` for one batch of `base(dimensions)` vectors (kept if it exists)."""
+    stage = sql.Identifier(name)
+    conn.execute(template("backfill_stage", stage=stage, key_columns=key_columns(plan, "t"), table=plan.table,
+                          vtype=sql.SQL("{}({})").format(sql.Identifier(base), sql.Literal(dimensions))))
+    size = _BYTES_PER_DIMENSION.get(base, 0) * dimensions + 8
+    inline = base in _BYTES_PER_DIMENSION and size <= _INLINE_LIMIT
+    varlena = [r[0] for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+        "AND attstorage IN ('x', 'e') AND attname <> 'v' ORDER BY attnum", (f"pg_temp.{name}",))]
+    others = sql.SQL("").join(sql.SQL(", ALTER COLUMN {} SET STORAGE MAIN").format(sql.Identifier(c)) for c in varlena)
+    conn.execute(template("backfill_stage_storage", stage=stage, others=others,
+                          vector_storage=sql.SQL("PLAIN" if inline else "EXTERNAL")))
+    return stage
 
 
 def read_rows(conn: psycopg.Connection, plan: Plan, keys: Sequence[Key]) -> list[SourceRow]:
@@ -88,7 +98,7 @@ def read_rows(conn: psycopg.Connection, plan: Plan, keys: Sequence[Key]) -> list
     query = template("backfill_read", key=key_json(plan, "t"), key_columns=key_columns(plan, "t"),
                      text=plan.text_expression("t"), title=plan.title_expression("t"),
                      hash=plan.text_hash_expression("t"), table=plan.table, keys=sql.Placeholder(),
-                     match=match(plan, "t", "k"))
+                     match=key_match(plan, "t", "k"))
     n = len(plan.primary_key)
     rows = conn.execute(query, (Jsonb(list(keys)),)).fetchall()
     return [SourceRow(key=r[0], key_values=tuple(r[1:1 + n]), text=r[1 + n], title=r[2 + n], hash=r[3 + n])
@@ -143,9 +153,7 @@ class BatchWriter:
         from toolkit.strategies import strategy_for
 
         self.conn, self.plan, self.plan_id, self.owner = conn, plan, plan_id, owner
-        self.stage = sql.Identifier(f"reembed_stage_{plan_id}")
-        conn.execute(template("backfill_stage", stage=self.stage, key_columns=key_columns(plan, "t"),
-                              vtype=vector_type(plan), table=plan.table))
+        self.stage = create_stage(conn, plan, f"reembed_stage_{plan_id}", plan.new_vector_base, plan.dimensions)
         columns = [*plan.primary_key, "pk", "hash", "v", "reason"]
         self._stage_rows = template(
             "backfill_stage_rows", stage=self.stage, columns=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
@@ -156,7 +164,7 @@ class BatchWriter:
         self._claim_read = template(
             "backfill_claim_read", claim=ledger.claim_statement(plan_id), key_columns=key_columns(plan, "t"),
             text=plan.text_expression("t"), title=plan.title_expression("t"), hash=plan.text_hash_expression("t"),
-            table=plan.table, match=match(plan, "t", "k"))
+            table=plan.table, match=key_match(plan, "t", "k"))
         self._release = template("backfill_release", plan_id=sql.Literal(plan_id), owner=sql.Literal(owner),
                                  keys=sql.Placeholder("keys"))
         strategy = strategy_for(plan)
@@ -268,7 +276,7 @@ class BatchWriter:
             return 0
         return self.conn.execute(template(
             "backfill_forget", plan_id=sql.Literal(self.plan_id), owner=sql.Literal(self.owner),
-            keys=sql.Placeholder(), table=self.plan.table, match=match(self.plan, "t", "k")),
+            keys=sql.Placeholder(), table=self.plan.table, match=key_match(self.plan, "t", "k")),
             ([Jsonb(k) for k in keys],)).rowcount
 
     def _claim_params(self, claim: Claim) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from toolkit.indexes import IndexSpec, prefixed_identifier
 from toolkit.phases import dependents, swap
 from toolkit.phases.ddl import template
 from toolkit.phases.locking import run_locked
-from toolkit.phases.prepare import column_comment, key_json, new_column_type, tracking_names, with_lock_timeout
+from toolkit.phases.prepare import (column_comment, key_columns, key_json, key_match, new_column_type, tracking_names,
+                                    with_lock_timeout)
 from toolkit.plan import Plan
 from toolkit.providers.models import model_tag
 from toolkit.state import PlanRecord, log_event
@@ -382,20 +383,15 @@ def _partition_index_renames(conn: psycopg.Connection, plan: Plan, direction: st
 def update_statement(plan: Plan, place: Place, stage: sql.Identifier, plan_id: int, owner: str) -> sql.Composed:
     """The guarded `UPDATE ... FROM stage` of `place` that also marks the ledger (sql/backfill_write.sql)."""
     return template("backfill_write", table=place.ident, target=sql.Identifier(place.column), stage=stage,
-                    match=_match(plan, "t", "s"), hash=plan.text_hash_expression("t"),
+                    match=key_match(plan, "t", "s"), hash=plan.text_hash_expression("t"),
+                    leased_key=key_columns(plan, "k"), leased_match=key_match(plan, "k", "s"),
                     plan_id=sql.Literal(plan_id), owner=sql.Literal(owner))
 
 
 def fill_update(plan: Plan, place: Place, stage: sql.Identifier) -> sql.Composed:
     """The guarded fill of source-model vectors into `place` (sql/rollback_fill_write.sql)."""
     return template("rollback_fill_write", table=place.ident, column=sql.Identifier(place.column), stage=stage,
-                    match=_match(plan, "t", "s"), hash=plan.text_hash_expression("t"))
-
-
-def _match(plan: Plan, left: str, right: str) -> sql.Composable:
-    return sql.SQL(" AND ").join(
-        sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), sql.Identifier(c), sql.Identifier(right),
-                                        sql.Identifier(c)) for c in plan.primary_key)
+                    match=key_match(plan, "t", "s"), hash=plan.text_hash_expression("t"))
 
 
 # -- cleanup and abandon -------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from toolkit.indexes import CarriedIndex, bounded_identifier
 from toolkit.phases import swap as column_swap
 from toolkit.phases.ddl import template
 from toolkit.phases.locking import run_locked
-from toolkit.phases.prepare import key_json, with_lock_timeout
+from toolkit.phases.prepare import key_columns, key_json, key_match, with_lock_timeout
 from toolkit.plan import CopySpec, Plan
 from toolkit.providers.models import model_tag
 from toolkit.state import PlanRecord, log_event, set_phase
@@ -166,9 +166,6 @@ class CopyStrategy:
         if phase in SWAPPED_PHASES:  # the new vectors are in the application's table now
             return _quietly(conn, new.ident, update_statement(plan, new, stage, plan_id, owner))
         copied = writable(columns(conn, plan.table), plan.column)
-        match = sql.SQL(" AND ").join(sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(c)) for c in plan.primary_key)
-        copy_match = sql.SQL(" AND ").join(sql.SQL("c.{c} = s.{c}").format(c=sql.Identifier(c))
-                                           for c in plan.primary_key)
         copy_row = propagation.row_of("c", copied)
         fresh = sql.SQL("md5({}::text) IS NOT DISTINCT FROM (SELECT w.h FROM seen AS w WHERE w.pk = {})").format(
             copy_row, key_json(plan, "c"))
@@ -178,11 +175,13 @@ class CopyStrategy:
             for c in copied if c not in plan.primary_key)
         return Write(template(
             "copy_write", plan_id=sql.Literal(plan_id), owner=sql.Literal(owner), stage=stage, copy=new.ident,
-            copy_match=copy_match, copy_row=copy_row, refresh=refresh,
+            copy_match=key_match(plan, "c", "s"), copy_row=copy_row, refresh=refresh,
             columns=sql.SQL(", ").join(map(sql.Identifier, copied)), vector=sql.Identifier(plan.column),
-            values=sql.SQL(", ").join(sql.Identifier("t", c) for c in copied), original=plan.table, match=match,
+            values=sql.SQL(", ").join(sql.Identifier("t", c) for c in copied), original=plan.table,
+            match=key_match(plan, "t", "s"),
             hash=plan.text_hash_expression("t"), key=sql.SQL(", ").join(map(sql.Identifier, plan.primary_key)),
-            copy_key=key_json(plan, "c")))
+            copy_key=key_json(plan, "c"), claimed_key=key_columns(plan, "k"), claimed_match=key_match(plan, "k", "s"),
+            written_key=key_columns(plan, "c"), written_match=key_match(plan, "w", "s")))
 
     def fill_statement(self, conn: psycopg.Connection, plan: Plan, phase: str, stage: sql.Identifier) -> Write:
         from toolkit.state import get_plan

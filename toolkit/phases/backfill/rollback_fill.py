@@ -27,9 +27,9 @@ from toolkit.phases.backfill.options import Counters, RunOptions, RunSummary, Th
 from toolkit.phases.backfill.replicas import ReplicaGate, check_can_watch
 from toolkit.phases.backfill.run import check
 from toolkit.phases.ddl import template
-from toolkit.phases.prepare import key_json, source_vector_type
+from toolkit.phases.prepare import key_columns, key_json
 from toolkit.phases.write_guard import PlaceGuard
-from toolkit.phases.writer import SourceRow, check_vectors, key_columns, run_write
+from toolkit.phases.writer import SourceRow, check_vectors, create_stage, run_write
 from toolkit.plan import Plan, load
 from toolkit.providers.base import EmbedBatch, Embedder
 from toolkit.state import PlanRecord, log_event
@@ -136,7 +136,7 @@ def _embed_source(embedder: Embedder, plan: Plan, rows: list[SourceRow]) -> Embe
     return result
 
 
-FILL_STAGE = sql.Identifier("reembed_rollback_stage")
+FILL_STAGE = "reembed_rollback_stage"
 
 
 @dataclass(frozen=True)
@@ -154,11 +154,9 @@ class FillWriter:
     def __init__(self, conn: psycopg.Connection, plan: Plan, record: PlanRecord) -> None:
         self.conn, self.plan, self.plan_id = conn, plan, record.id
         strategy = strategy_for(plan)
+        self._stage = create_stage(conn, plan, FILL_STAGE, plan.vector_base, plan.source_dimensions)
         self.guard = PlaceGuard(plan, record.id, record.phase, "old", lambda phase: FillTarget(
-            places(plan, phase).old, strategy.fill_statement(conn, plan, phase, FILL_STAGE)))
-        self._stage = FILL_STAGE
-        conn.execute(template("backfill_stage", stage=self._stage, key_columns=key_columns(plan, "t"),
-                              vtype=source_vector_type(plan), table=plan.table))
+            places(plan, phase).old, strategy.fill_statement(conn, plan, phase, self._stage)))
 
     def count_missing(self) -> int:
         from toolkit.phases.rollback import missing_old_vectors
