@@ -20,6 +20,7 @@ from tables import create_docs
 from toolkit.phases import ledger
 from toolkit.phases.prepare import prepare
 from toolkit.errors import PlanMoved
+from toolkit.phases.write_guard import PlaceGuard
 from toolkit.phases.writer import PLACE_MOVED, BatchWriter, Claim
 from toolkit.plan import load
 
@@ -245,3 +246,28 @@ def test_a_batch_write_reaches_the_ledger_and_the_table_by_key(  # type: ignore[
         conn.execute("ROLLBACK")
     scanned = _relations_scanned_whole(explained) - {writer.stage.as_string(conn).strip('"')}
     assert not scanned, f"the {strategy} write reads {sorted(scanned)} whole, once per batch: {explained}"
+
+
+def test_a_backfill_write_waits_for_a_rollback_fill_write_in_flight(conn, database, run_cli) -> None:  # type: ignore[no-untyped-def]
+    """The backfill and the rollback fill can write the same rows (after a rollback), each locking them
+    in the order its join yields: they deadlocked. A write of one waits for a write of the other that
+    is in flight, instead of taking row locks beside it."""
+    writer, plan_id, _ = _writer(conn, run_cli)
+    batch = writer.claim(Claim(20, 300))
+    plan, _ = load(conn, "p1")
+    fill = PlaceGuard(plan, plan_id, "backfilling", "old", lambda phase: None)
+    with database.connect() as filling, database.connect() as watching:
+        filling.execute("BEGIN")
+        fill.current(filling)  # what a rollback-fill write does first in its transaction
+        done: dict[str, object] = {}
+        thread = threading.Thread(target=lambda: done.update(outcome=writer.write(batch.rows, _unit(20), {})))
+        thread.start()
+        try:
+            wait_for(lambda: watching.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"
+            ).fetchone()[0] == 1, timeout=120, what="the backfill write to wait")
+            assert "outcome" not in done
+        finally:
+            filling.execute("COMMIT")
+            thread.join(timeout=120)
+    assert done["outcome"].written == 20  # type: ignore[attr-defined]

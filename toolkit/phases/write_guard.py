@@ -33,6 +33,13 @@ Role = Literal["new", "old"]
 # Marks the write transaction as reembed's own: the change tracking leaves alone what reembed writes
 # into the application's column (a write by anyone else after the first cutover makes the row pending).
 OWN_WRITE = "set_config('reembed.writing', 'on', true)"
+# After a rollback both writers can write the same rows, the backfill the target model's place and the
+# rollback fill the source model's, each locking a batch's rows in whatever order its join yields them:
+# the two deadlocked (interleaving soak, column strategy). So no write of one role runs while a write of
+# the other holds row locks: a backfill write takes this transaction lock shared (its processes never
+# wait for each other), a fill write exclusively; each after the registry row (the order every writer
+# and every swap takes them) and before its first row lock.
+ROLE_LOCK_CLASS = 0x7265656D  # "reem": the first key of reembed's advisory locks
 
 
 class PlaceGuard(Generic[T]):
@@ -44,6 +51,8 @@ class PlaceGuard(Generic[T]):
         self.place = self._where(phase)
         self.built = build(phase)
         self.moves = 0  # how often the place moved under this writer (it followed each time)
+        function = "pg_advisory_xact_lock_shared" if role == "new" else "pg_advisory_xact_lock"
+        self.role_lock = f"SELECT {function}({ROLE_LOCK_CLASS}, %s)"  # its parameter: the plan's id
 
     def _where(self, phase: str) -> Place:
         return getattr(places(self.plan, phase), self.role)
@@ -53,7 +62,9 @@ class PlaceGuard(Generic[T]):
         what to write with for the phase the plan is in now. Raises PlanMoved when there is no
         longer a place for this writer's model."""
         conn.execute(f"SELECT {OWN_WRITE}")
-        return self.follow(current_phase(conn, self.plan_id, lock="SHARE"))
+        built = self.follow(current_phase(conn, self.plan_id, lock="SHARE"))
+        conn.execute(self.role_lock, (self.plan_id,))
+        return built
 
     def refresh(self, conn: psycopg.Connection) -> T:
         """After reembed.guard_write() refused a write (the plan left the phase it was built for):

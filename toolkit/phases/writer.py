@@ -223,6 +223,7 @@ class BatchWriter:
             with self.conn.pipeline():
                 write_cur.execute("BEGIN")
                 write_cur.execute(GUARD_WRITE, (self.plan_id, self.guard.phase))
+                write_cur.execute(self.guard.role_lock, (self.plan_id,))
                 if staged:
                     write_cur.execute(self._stage_rows, {
                         "pks": [keys[i] for i, _, _ in staged], "hashes": [rows[i].hash for i, _, _ in staged],
