@@ -28,7 +28,7 @@ from toolkit.errors import GateFailed, PlanMoved
 from toolkit.phases import ledger
 from toolkit.phases.cutover import CATCH_UP_TRIES, DEFAULT_CATCH_UP_ROWS, catch_up
 from toolkit.phases.ddl import template
-from toolkit.phases.locking import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_RETRIES
+from toolkit.phases.locking import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_RETRIES, PREPARE_LOCK
 from toolkit.phases.rollback import source_stale
 from toolkit.plan import Plan
 from toolkit.state import FINAL_PHASES, PlanRecord, current_phase, log_event
@@ -207,7 +207,6 @@ def abandon(conn: psycopg.Connection, plan: Plan, record: PlanRecord, *,
     changed since cutover get their source-model vector first (with `db`). A rerun does nothing and
     says so (already_done); a plan never prepared has nothing to drop, and the result says that."""
     from toolkit.phases.backfill import RunOptions, rollback_fill
-    from toolkit.phases.prepare import PREPARE_LOCK
 
     if record.phase == "abandoned":
         return _already(plan, record, plan.shadow_column)

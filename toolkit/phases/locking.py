@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# The first keys of reembed's advisory locks (the second is the plan's id). They must differ: one
+# process holds one while another of its connections takes the other (abandon holds prepare's
+# lock while its catch-up fill writes, and a fill write takes the write-role lock).
+PREPARE_LOCK = 0x7265_656D  # "reem": prepare, and whatever must not run beside it
+WRITE_ROLE_LOCK = 0x7265_6577  # "reew": a backfill write (shared) against a rollback-fill write (exclusive)
+
 DEFAULT_LOCK_TIMEOUT_MS = 100
 DEFAULT_RETRIES = 8
 BACKOFF_CAP_S = 5.0

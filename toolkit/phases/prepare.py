@@ -26,6 +26,7 @@ from psycopg import sql
 
 from toolkit.errors import BadInput, GateFailed
 from toolkit.phases.ddl import template
+from toolkit.phases.locking import PREPARE_LOCK
 from toolkit.plan import Plan
 from toolkit.state import FINAL_PHASES, PlanRecord, current_phase, set_phase
 from toolkit.strategies import strategy_for
@@ -37,7 +38,6 @@ T = TypeVar("T")
 DDL_LOCK_TIMEOUT_MS = 200
 DDL_RETRIES = 10
 _BACKOFF_CAP_S = 5.0
-PREPARE_LOCK = 0x7265_656D  # advisory lock class of prepare ("reem"); the second key is the plan id
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Callable, Generic, Literal, TypeVar
 import psycopg
 
 from toolkit.errors import PlanMoved
+from toolkit.phases.locking import WRITE_ROLE_LOCK
 from toolkit.plan import Plan
 from toolkit.state import FINAL_PHASES, current_phase
 from toolkit.strategies import Place, places
@@ -36,10 +37,9 @@ OWN_WRITE = "set_config('reembed.writing', 'on', true)"
 # After a rollback both writers can write the same rows, the backfill the target model's place and the
 # rollback fill the source model's, each locking a batch's rows in whatever order its join yields them:
 # the two deadlocked (interleaving soak, column strategy). So no write of one role runs while a write of
-# the other holds row locks: a backfill write takes this transaction lock shared (its processes never
-# wait for each other), a fill write exclusively; each after the registry row (the order every writer
-# and every swap takes them) and before its first row lock.
-ROLE_LOCK_CLASS = 0x7265656D  # "reem": the first key of reembed's advisory locks
+# the other holds row locks: a backfill write takes the WRITE_ROLE_LOCK transaction lock shared (its
+# processes never wait for each other), a fill write exclusively; each after the registry row (the order
+# every writer and every swap takes them) and before its first row lock.
 
 
 class PlaceGuard(Generic[T]):
@@ -52,7 +52,7 @@ class PlaceGuard(Generic[T]):
         self.built = build(phase)
         self.moves = 0  # how often the place moved under this writer (it followed each time)
         function = "pg_advisory_xact_lock_shared" if role == "new" else "pg_advisory_xact_lock"
-        self.role_lock = f"SELECT {function}({ROLE_LOCK_CLASS}, %s)"  # its parameter: the plan's id
+        self.role_lock = f"SELECT {function}({WRITE_ROLE_LOCK}, %s)"  # its parameter: the plan's id
 
     def _where(self, phase: str) -> Place:
         return getattr(places(self.plan, phase), self.role)
