@@ -7,6 +7,6 @@ WITH claimed AS (
 )
 SELECT c.pk, {key_columns}, {text} AS text, {title} AS title, {hash} AS hash
 FROM claimed AS c
-CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, c.pk) AS k
+CROSS JOIN LATERAL jsonb_to_record(c.pk) AS k({key_record})
 LEFT JOIN {table} AS t ON {match}
 ORDER BY c.seq

@@ -8,7 +8,7 @@
 -- staged rows by the table's typed key columns, not by comparing jsonb ledger keys.
 WITH leased AS (
     SELECT {leased_key}
-    FROM reembed.ledger AS o CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, o.pk) AS k
+    FROM reembed.ledger AS o CROSS JOIN LATERAL jsonb_to_record(o.pk) AS k({key_record})
     WHERE o.plan_id = {plan_id} AND o.pk = ANY (ARRAY(SELECT pk FROM {stage}))
       AND o.lease_owner = {owner} AND o.state = 'pending'
 ), written AS (

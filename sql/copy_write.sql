@@ -17,7 +17,7 @@
 -- ledger key, whose comparison cost more than anything else in the batch.
 WITH claimed AS (
     SELECT {claimed_key}
-    FROM reembed.ledger AS l CROSS JOIN LATERAL jsonb_populate_record(NULL::{original}, l.pk) AS k
+    FROM reembed.ledger AS l CROSS JOIN LATERAL jsonb_to_record(l.pk) AS k({key_record})
     WHERE l.plan_id = {plan_id} AND l.pk = ANY (ARRAY(SELECT pk FROM {stage}))
       AND l.lease_owner = {owner} AND l.state = 'pending'
     FOR UPDATE OF l

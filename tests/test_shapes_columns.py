@@ -1,7 +1,7 @@
 """Issue 12, points 2, 3 and 10: the column shapes real clients create. langchain's unsized `vector`
 migrates and keeps its declared type through cutover, rollback and cleanup; a column holding
 several dimensions is refused at plan with the counts; text typed as a domain or varchar(n) is
-accepted; a DSN that names no port is bad input."""
+accepted, a NOT NULL domain too; a DSN that names no port is bad input."""
 
 from __future__ import annotations
 
@@ -47,6 +47,19 @@ def test_text_typed_as_varchar_or_a_domain_over_text_is_embedded(conn, run_cli, 
     conn.execute("CREATE DOMAIN doc_text AS text CHECK (length(VALUE) < 100000)")
     create_docs_with_text_type(conn, 60, text_type)
     lifecycle(run_cli, "dom", "docs", "--column", "embedding", "--text", "content")
+    assert vector_mismatches(conn, "docs", "id", "content", "embedding") == []
+
+
+@pytest.mark.parametrize("strategy", ["column", "copy"])
+def test_a_table_with_a_not_null_domain_column_migrates(conn, run_cli, strategy: str) -> None:  # type: ignore[no-untyped-def]
+    """The ledger key is typed back into the key columns alone: typing it into a whole row of the
+    table gave every other column NULL, which a NOT NULL domain refuses (no row could be claimed)."""
+    conn.execute("CREATE DOMAIN required_text AS text NOT NULL")
+    create_docs_with_text_type(conn, 60, "required_text")
+    lifecycle(run_cli, "nn", "docs", "--column", "embedding", "--text", "content", "--strategy", strategy)
+    assert vector_mismatches(conn, "docs", "id", "content", "embedding") == []
+    conn.execute("UPDATE docs SET content = content || ' (edited)' WHERE id < 5")  # tracked after cutover
+    ok(run_cli("run", "nn", "--no-progress"))
     assert vector_mismatches(conn, "docs", "id", "content", "embedding") == []
 
 

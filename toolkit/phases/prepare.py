@@ -70,6 +70,17 @@ def key_columns(plan: Plan, alias: str) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(alias, c) for c in plan.primary_key)
 
 
+def key_record(conn: psycopg.Connection, plan: Plan) -> sql.Composable:
+    """`k1 type1, k2 type2, ...`: the column definitions that type a ledger key back into the table's
+    key columns (`jsonb_to_record(pk) AS k(...)`). Not `jsonb_populate_record(NULL::table, pk)`:
+    that builds a whole row, and a column of a NOT NULL domain refuses the NULLs of the others."""
+    types = dict(conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass "
+        "AND attnum > 0 AND NOT attisdropped AND attname = ANY (%s)",
+        (plan.table.as_string(conn), plan.primary_key)).fetchall())
+    return sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(types[c])) for c in plan.primary_key)
+
+
 def key_match(plan: Plan, left: str, right: str) -> sql.Composable:
     """`left.k1 = right.k1 AND ...` over the primary key."""
     return sql.SQL(" AND ").join(

@@ -31,7 +31,7 @@ from toolkit.errors import MalformedResponse, PlanMoved
 from toolkit.phases.ddl import template
 from toolkit.phases import ledger
 from toolkit.phases.ledger import Key
-from toolkit.phases.prepare import key_columns, key_json, key_match
+from toolkit.phases.prepare import key_columns, key_json, key_match, key_record
 from toolkit.phases.write_guard import OWN_WRITE, PlaceGuard
 from toolkit.plan import Plan
 from toolkit.strategies.base import Write
@@ -98,7 +98,7 @@ def read_rows(conn: psycopg.Connection, plan: Plan, keys: Sequence[Key]) -> list
     query = template("backfill_read", key=key_json(plan, "t"), key_columns=key_columns(plan, "t"),
                      text=plan.text_expression("t"), title=plan.title_expression("t"),
                      hash=plan.text_hash_expression("t"), table=plan.table, keys=sql.Placeholder(),
-                     match=key_match(plan, "t", "k"))
+                     match=key_match(plan, "t", "k"), key_record=key_record(conn, plan))
     n = len(plan.primary_key)
     rows = conn.execute(query, (Jsonb(list(keys)),)).fetchall()
     return [SourceRow(key=r[0], key_values=tuple(r[1:1 + n]), text=r[1 + n], title=r[2 + n], hash=r[3 + n])
@@ -153,18 +153,19 @@ class BatchWriter:
         from toolkit.strategies import strategy_for
 
         self.conn, self.plan, self.plan_id, self.owner = conn, plan, plan_id, owner
+        self._key_record = key_record(conn, plan)
         self.stage = create_stage(conn, plan, f"reembed_stage_{plan_id}", plan.new_vector_base, plan.dimensions)
         columns = [*plan.primary_key, "pk", "hash", "v", "reason"]
         self._stage_rows = template(
             "backfill_stage_rows", stage=self.stage, columns=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
-            key_columns=key_columns(plan, "k"), table=plan.table, pks=sql.Placeholder("pks", PyFormat.BINARY),
+            key_columns=key_columns(plan, "k"), key_record=self._key_record, pks=sql.Placeholder("pks", PyFormat.BINARY),
             hashes=sql.Placeholder("hashes", PyFormat.BINARY), vectors=sql.Placeholder("vectors", PyFormat.BINARY),
             reasons=sql.Placeholder("reasons", PyFormat.BINARY), vector_array=sql.SQL(f"{plan.new_vector_base}[]"))
         self._half = plan.new_vector_base == "halfvec"
         self._claim_read = template(
             "backfill_claim_read", claim=ledger.claim_statement(plan_id), key_columns=key_columns(plan, "t"),
             text=plan.text_expression("t"), title=plan.title_expression("t"), hash=plan.text_hash_expression("t"),
-            table=plan.table, match=key_match(plan, "t", "k"))
+            table=plan.table, match=key_match(plan, "t", "k"), key_record=self._key_record)
         self._release = template("backfill_release", plan_id=sql.Literal(plan_id), owner=sql.Literal(owner),
                                  keys=sql.Placeholder("keys"))
         strategy = strategy_for(plan)
@@ -277,7 +278,8 @@ class BatchWriter:
             return 0
         return self.conn.execute(template(
             "backfill_forget", plan_id=sql.Literal(self.plan_id), owner=sql.Literal(self.owner),
-            keys=sql.Placeholder(), table=self.plan.table, match=key_match(self.plan, "t", "k")),
+            keys=sql.Placeholder(), table=self.plan.table, match=key_match(self.plan, "t", "k"),
+            key_record=self._key_record),
             ([Jsonb(k) for k in keys],)).rowcount
 
     def _claim_params(self, claim: Claim) -> dict[str, Any]:

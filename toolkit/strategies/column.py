@@ -24,8 +24,8 @@ from toolkit.indexes import IndexSpec, prefixed_identifier
 from toolkit.phases import dependents, swap
 from toolkit.phases.ddl import template
 from toolkit.phases.locking import run_locked
-from toolkit.phases.prepare import (column_comment, key_columns, key_json, key_match, new_column_type, tracking_names,
-                                    with_lock_timeout)
+from toolkit.phases.prepare import (column_comment, key_columns, key_json, key_match, key_record, new_column_type,
+                                    tracking_names, with_lock_timeout)
 from toolkit.plan import Plan
 from toolkit.providers.models import model_tag
 from toolkit.state import PlanRecord, log_event
@@ -132,7 +132,7 @@ class ColumnStrategy:
     # -- backfill ---------------------------------------------------------------------------
     def write_statement(self, conn: psycopg.Connection, plan: Plan, phase: str, stage: sql.Identifier,
                         plan_id: int, owner: str) -> Write:
-        return Write(update_statement(plan, self.places(plan, phase).new, stage, plan_id, owner))
+        return Write(update_statement(conn, plan, self.places(plan, phase).new, stage, plan_id, owner))
 
     def fill_statement(self, conn: psycopg.Connection, plan: Plan, phase: str, stage: sql.Identifier) -> Write:
         return Write(fill_update(plan, self.places(plan, phase).old, stage))
@@ -380,11 +380,13 @@ def _partition_index_renames(conn: psycopg.Connection, plan: Plan, direction: st
             + [(coming, leaving) for _, leaving, coming in rows])
 
 
-def update_statement(plan: Plan, place: Place, stage: sql.Identifier, plan_id: int, owner: str) -> sql.Composed:
+def update_statement(conn: psycopg.Connection, plan: Plan, place: Place, stage: sql.Identifier, plan_id: int,
+                     owner: str) -> sql.Composed:
     """The guarded `UPDATE ... FROM stage` of `place` that also marks the ledger (sql/backfill_write.sql)."""
     return template("backfill_write", table=place.ident, target=sql.Identifier(place.column), stage=stage,
                     match=key_match(plan, "t", "s"), hash=plan.text_hash_expression("t"),
                     leased_key=key_columns(plan, "k"), leased_match=key_match(plan, "k", "s"),
+                    key_record=key_record(conn, plan),
                     plan_id=sql.Literal(plan_id), owner=sql.Literal(owner))
 
 

@@ -23,7 +23,7 @@ from toolkit.indexes import CarriedIndex, bounded_identifier
 from toolkit.phases import swap as column_swap
 from toolkit.phases.ddl import template
 from toolkit.phases.locking import run_locked
-from toolkit.phases.prepare import key_columns, key_json, key_match, with_lock_timeout
+from toolkit.phases.prepare import key_columns, key_json, key_match, key_record, with_lock_timeout
 from toolkit.plan import CopySpec, Plan
 from toolkit.providers.models import model_tag
 from toolkit.state import PlanRecord, log_event, set_phase
@@ -164,7 +164,7 @@ class CopyStrategy:
                         plan_id: int, owner: str) -> Write:
         new = self.places(plan, phase).new
         if phase in SWAPPED_PHASES:  # the new vectors are in the application's table now
-            return _quietly(conn, new.ident, update_statement(plan, new, stage, plan_id, owner))
+            return _quietly(conn, new.ident, update_statement(conn, plan, new, stage, plan_id, owner))
         copied = writable(columns(conn, plan.table), plan.column)
         copy_row = propagation.row_of("c", copied)
         fresh = sql.SQL("md5({}::text) IS NOT DISTINCT FROM (SELECT w.h FROM seen AS w WHERE w.pk = {})").format(
@@ -181,7 +181,8 @@ class CopyStrategy:
             match=key_match(plan, "t", "s"),
             hash=plan.text_hash_expression("t"), key=sql.SQL(", ").join(map(sql.Identifier, plan.primary_key)),
             copy_key=key_json(plan, "c"), claimed_key=key_columns(plan, "k"), claimed_match=key_match(plan, "k", "s"),
-            written_key=key_columns(plan, "c"), written_match=key_match(plan, "w", "s")))
+            written_key=key_columns(plan, "c"), written_match=key_match(plan, "w", "s"),
+            key_record=key_record(conn, plan)))
 
     def fill_statement(self, conn: psycopg.Connection, plan: Plan, phase: str, stage: sql.Identifier) -> Write:
         from toolkit.state import get_plan
