@@ -32,7 +32,17 @@ def reader(conn: psycopg.Connection) -> Iterator[str]:
     try:
         yield role
     finally:
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        # Seen once in CI: DROP OWNED deadlocked with a backend that held a lock on docs and waited for
+        # DROP OWNED's transaction; most likely an autovacuum ANALYZE (PostgreSQL 18's in-place catalog
+        # updates wait for the row DROP OWNED's REVOKE updated). Not reembed's: the next try passes.
+        for attempt in range(5):
+            try:
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                break
+            except psycopg.errors.DeadlockDetected:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5)
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
