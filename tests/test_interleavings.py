@@ -166,6 +166,11 @@ REFUSALS = ("cannot ", "is not complete", "moved to phase", "by another command"
             "rows changed since cutover", "rows the application inserted", "could not take the lock")
 
 
+def _refused(err: str) -> bool:
+    """A command's stderr says it refused rightfully (the plan moved, nothing to do, ...)."""
+    return any(r in err for r in REFUSALS)
+
+
 class Interleaving:
     def __init__(self, seed: int, strategy: str, forker: Forker, conn: psycopg.Connection, run_cli,  # type: ignore[no-untyped-def]
                  dsn: str, tmp_path: Path, steps: tuple[int, int]) -> None:
@@ -206,7 +211,7 @@ class Interleaving:
         self.log.append(command.describe())
         if rc not in (0, None) and not command.killed:
             err = command.stderr()
-            if "database error" in err or "Traceback" in err or not any(r in err for r in REFUSALS):
+            if "database error" in err or "Traceback" in err or not _refused(err):
                 self.fail(f"`reembed {' '.join(command.argv)}` failed: {err.strip()[-800:]}")
         if expect_success and rc != 0:
             self.fail(f"`reembed {' '.join(command.argv)}` was expected to succeed: {command.stderr().strip()[-800:]}")
@@ -288,7 +293,7 @@ class Interleaving:
                 # step (abandon, cleanup) made refuse may have ended on its own before the signal arrived.
                 time.sleep(max(0.0, command.started + 1.0 - time.monotonic()))
                 command.signal(signal.SIGTERM)
-                if command.wait() != 0 and not any(r in command.stderr() for r in REFUSALS):
+                if command.wait() != 0 and not _refused(command.stderr()):
                     self.fail(f"`reembed {' '.join(command.argv)}` did not end cleanly on SIGTERM")
             self.finish(command)
         self.settle()
