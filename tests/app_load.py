@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import threading
 import time
@@ -60,6 +61,14 @@ class Load:
         with self.lock:
             self.ops[op] = self.ops.get(op, 0) + 1
 
+    def publish_ops(self, path: Path) -> None:
+        """The counts so far, for a test that waits until every kind of write has happened."""
+        with self.lock:
+            text = json.dumps(self.ops)
+        tmp = path.with_suffix(".ops-tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
     def paced(self, rate: float, step) -> None:  # type: ignore[no-untyped-def]
         interval = 1.0 / rate
         next_at = time.monotonic()
@@ -76,12 +85,17 @@ class Load:
         rng = random.Random(11)
         nrng = np.random.default_rng(11)
         next_id = self.args.first_id
-        ops, weights = zip(*self.weights.items())
+        # Ops are dealt from shuffled decks holding each kind in proportion to its weight (at least
+        # once), so every kind of write happens every few seconds instead of only on average.
+        deck_template = [op for op, w in self.weights.items() for _ in range(max(1, round(w)))]
+        deck: list[str] = []
         conn = self.connect()
 
         def step() -> None:
             nonlocal next_id
-            op = rng.choices(ops, weights)[0]
+            if not deck:
+                deck.extend(rng.sample(deck_template, len(deck_template)))
+            op = deck.pop()
             target = rng.randrange(self.args.max_id)
             started, wall = time.monotonic(), time.time()
             try:
@@ -140,7 +154,9 @@ class Load:
             t.start()
         Path(self.args.out).with_suffix(".ready").touch()
         stop_file = Path(self.args.stop_file)
+        live = Path(self.args.out).with_suffix(".ops")
         while not stop_file.exists():
+            self.publish_ops(live)
             time.sleep(0.05)
         self.stop.set()
         for t in threads:

@@ -190,8 +190,18 @@ class AppLoad:
         assert self.proc.poll() is None, self.proc.communicate()
         return self
 
-    def stop(self) -> AppReport:
+    def ops_so_far(self) -> dict[str, int]:
+        live = self.out.with_suffix(".ops")
+        return json.loads(live.read_text()) if live.exists() else {}
+
+    def stop(self, *, after_every: Iterable[str] = ()) -> AppReport:
+        """Stop the application; with `after_every`, first let it go on (bounded) until it has done
+        each of those operations at least once, so a short lifecycle still meets every kind of write."""
         assert self.proc is not None
+        if self.proc.poll() is None:
+            wanted = set(after_every)
+            wait_for(lambda: self.proc.poll() is not None or wanted <= set(self.ops_so_far()),  # type: ignore[union-attr]
+                     timeout=300, what=f"the application to do each of {sorted(wanted)}")
         self.out.with_suffix(".stop").touch()
         try:
             _, err = self.proc.communicate(timeout=600)

@@ -63,7 +63,7 @@ def _lifecycle_under_load(conn, run_cli, gemini, database, tmp_path, *, rows: in
         assert result.exit_code == 0, result.output
         time.sleep(1.0)  # the application goes on, on the swapped-in table
     finally:
-        report = app.stop()
+        report = app.stop(after_every=("insert", "text", "title", "other", "delete"))
     assert report.error_count == 0, report.errors
     assert min(report.ops.get(op, 0) for op in ("insert", "text", "title", "other", "delete")) > 0, report.ops
     result = run_cli("run", PLAN, "--no-progress")  # what the application changed after the swap

@@ -72,7 +72,7 @@ def _lifecycle_under_load(conn, run_cli, gemini, database, tmp_path, *, rows: in
         assert plan_row(conn)[0] == "cut_over", attempts
         time.sleep(1.0)  # the application keeps going on the swapped-in column
     finally:
-        report = app.stop()
+        report = app.stop(after_every=("insert", "text", "title", "other", "delete"))
     result = run_cli("run", PLAN, "--no-progress", "--json")  # what the application changed meanwhile
     assert result.exit_code == 0, result.output
     assert report.error_count == 0, report.errors

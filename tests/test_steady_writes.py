@@ -41,7 +41,7 @@ def test_cutover_without_force_under_steady_writes(conn, run_cli, gemini, databa
         assert plan_row(conn)[0] == "cut_over"
         assert "verified" in json.loads(cut.stdout)["check"]["verify"]
     finally:
-        report = app.stop()
+        report = app.stop(after_every=("insert", "text", "title", "delete"))
     assert report.error_count == 0, report.errors
     assert min(report.ops.get(op, 0) for op in ("insert", "text", "title", "delete")) > 0, report.ops
     # What the application changed after the swap is embedded by the next run, into the live column.
