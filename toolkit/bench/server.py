@@ -61,12 +61,17 @@ def server_cpu_seconds(pid: int | None) -> float | None:
     if fields is None:
         return None
     # Fields 14-17 of /proc/PID/stat (utime, stime, cutime, cstime) are at 11..14 here.
-    total = sum(int(v) for v in fields[11:15])
+    return sum(int(v) for v in fields[11:15]) / _TICKS + sum(children_cpu_seconds(pid).values())
+
+
+def children_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds so far of each live child of `pid` (the server's processes)."""
+    spent: dict[int, float] = {}
     for child in _children(pid):
-        child_fields = _stat(child)
-        if child_fields is not None:
-            total += int(child_fields[11]) + int(child_fields[12])
-    return total / _TICKS
+        fields = _stat(child)
+        if fields is not None:
+            spent[child] = (int(fields[11]) + int(fields[12])) / _TICKS
+    return spent
 
 
 class ServerCpu:
