@@ -34,7 +34,7 @@ import psycopg
 from toolkit import embedded
 from toolkit.bench import child_env, tables
 from toolkit.bench.lifecycle import template_name
-from toolkit.bench.server import activity, children_cpu_seconds, postmaster_pid, server_cpu_seconds
+from toolkit.bench.server import ServerCpu, activity, children_cpu_seconds, postmaster_pid
 from toolkit.db import Database
 from toolkit.emulators import start_gemini
 from toolkit.phases.planning import make_plan
@@ -119,7 +119,7 @@ def one_run(admin: psycopg.Connection, admin_dsn: str, template: str, env: dict[
         postmaster = postmaster_pid(conn)
         before = activity(conn, settle=0.0)
         sampler = ProcessSampler(postmaster).start() if postmaster else None
-        whole = server_cpu_seconds(postmaster)
+        cpu = ServerCpu(conn).start()
         done = subprocess.run([sys.executable, "-m", "toolkit", "run", planned.plan.name, "--no-progress", "--json",
                                "--batch-size", "100", "--concurrency", "4"], env=dict(env, DATABASE_URL=dsn),
                               capture_output=True, text=True)
@@ -127,7 +127,7 @@ def one_run(admin: psycopg.Connection, admin_dsn: str, template: str, env: dict[
             conn.execute("CHECKPOINT")
         spent = activity(conn)  # its one second lets the run's backends report and exit
         by_process = sampler.stop() if sampler else {}
-        after = server_cpu_seconds(postmaster)
+        server_seconds = cpu.seconds()
         if done.returncode != 0:
             raise SystemExit(f"reembed run failed ({done.returncode}): {done.stderr.strip()[-500:]}")
         summary = json.loads(done.stdout)
@@ -135,8 +135,8 @@ def one_run(admin: psycopg.Connection, admin_dsn: str, template: str, env: dict[
         per_row = spent.minus(before).per_row(rows)
         return {"rows": rows, "settled": settled, "seed_seconds": round(seed_seconds, 1),
                 "rows_per_second": summary["rows_per_second"], "peak_rss_mb": summary["peak_rss_mb"],
-                "server_cpu_ms_per_row": (round(1000 * (after - whole) / rows, 4)
-                                          if whole is not None and after is not None else None),
+                "server_cpu_ms_per_row": (round(1000 * server_seconds / rows, 4)
+                                          if server_seconds is not None else None),
                 "by_process_ms_per_row": {g: round(1000 * s / rows, 4) for g, s in sorted(by_process.items()) if s},
                 "wal_bytes_per_row": per_row.get("wal_bytes"), "wal_fpi_per_row": per_row.get("wal_fpi"),
                 "blks_read_per_row": per_row.get("blks_read")}
@@ -156,7 +156,7 @@ def main() -> None:
     admin = Database(admin_dsn).connect()
     admin.autocommit = True
     hnsw_m = None if args.no_original_index else 16
-    template = template_name(args.rows, tables.DIMS, 16) if hnsw_m else f"reembed_cost_{args.rows}_no_index"
+    template = template_name(args.rows, tables.DIMS, hnsw_m) if hnsw_m else f"reembed_cost_{args.rows}_no_index"
     if not tables.exists(admin, template):
         started = time.monotonic()
         tables.make_template(admin, admin_dsn, template, args.rows, tables.DIMS, hnsw_m)
