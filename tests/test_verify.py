@@ -9,10 +9,15 @@ from psycopg import sql
 
 from toolkit.phases.verification.options import VerifyOptions
 from toolkit.phases.verify import run_verify, verification_gate
-from verify_support import (ROWS, migrated, random_vectors, short_text, verify_emulators,  # noqa: F401  (fixtures)
-                            verify_env)
+from toolkit.phases.verification.models import query_from_text
+from verify_support import (ROWS, SHARED_START_GROUP, migrated, random_vectors, shared_start_text,  # noqa: F401
+                            short_text, verify_emulators, verify_env)
 
 pytestmark = pytest.mark.usefixtures("verify_env")
+
+# Each row gets the (correct) vector of the next row: nothing a hash or a norm can see.
+SHUFFLE_TO_NEXT_ROW = ("UPDATE docs AS d SET {c} = n.v FROM (SELECT id, coalesce(lead({c}) OVER w, "
+                       "first_value({c}) OVER w) AS v FROM docs WINDOW w AS (ORDER BY id)) n WHERE d.id = n.id")
 
 
 def verify(m, **options):  # type: ignore[no-untyped-def]
@@ -82,10 +87,7 @@ def test_index_with_another_opclass_fails_index_check(conn, run_cli) -> None:  #
 
 def test_vectors_on_the_wrong_rows_fail_fidelity_and_self_retrieval(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
     m = migrated(conn, run_cli)
-    # Each row gets the (correct) vector of the next row: nothing a hash or a norm can see.
-    conn.execute(sql.SQL("UPDATE docs AS d SET {c} = n.v FROM (SELECT id, coalesce(lead({c}) OVER w, "
-                         "first_value({c}) OVER w) AS v FROM docs WINDOW w AS (ORDER BY id)) n WHERE d.id = n.id"
-                         ).format(c=sql.Identifier(m.plan.shadow_column)))
+    conn.execute(sql.SQL(SHUFFLE_TO_NEXT_ROW).format(c=sql.Identifier(m.plan.shadow_column)))
     result = verify(m)
     assert {"fidelity", "self_retrieval", "agreement"} <= failed(result)
     assert {"coverage", "freshness", "sanity", "outliers", "index", "ann_recall"}.isdisjoint(failed(result))
@@ -147,9 +149,7 @@ def test_damage_still_fails_where_the_baseline_judges(conn, run_cli, damage: str
         conn.execute(sql.SQL("UPDATE docs SET {c} = (SELECT {c} FROM docs WHERE id = %s) WHERE id = ANY (%s)").format(
             c=shadow), (ids[3], ids[4:]))
     else:
-        conn.execute(sql.SQL("UPDATE docs AS d SET {c} = n.v FROM (SELECT id, coalesce(lead({c}) OVER w, "
-                             "first_value({c}) OVER w) AS v FROM docs WINDOW w AS (ORDER BY id)) n WHERE d.id = n.id"
-                             ).format(c=shadow))
+        conn.execute(sql.SQL(SHUFFLE_TO_NEXT_ROW).format(c=shadow))
     result = verify(m)
     expected = {"random": "outliers", "zero and duplicated": "sanity", "shuffled": "fidelity"}[damage]
     assert not result.passed and expected in failed(result), [(c.name, c.summary) for c in result.checks]
@@ -160,3 +160,39 @@ def test_damage_still_fails_where_the_baseline_judges(conn, run_cli, damage: str
         outliers = check(result, "outliers")
         assert outliers.evidence["baseline"].startswith("original column")  # judged against the baseline, and still caught
         assert set(outliers.evidence["outlier_examples"]) <= {str(i) for i in ids} and outliers.value >= len(ids) - 1
+
+
+
+def test_self_retrieval_on_a_corpus_hard_for_both_models_is_judged_against_the_original(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
+    m = migrated(conn, run_cli, SHORT_ROWS, text=shared_start_text, title=False)
+    assert query_from_text(shared_start_text(0)) == query_from_text(shared_start_text(SHARED_START_GROUP - 1))
+    # The two models' rates differ by which ten of a group each ranks first: sampling noise of
+    # about 0.06 at 100 rows, so the margin here is wider than the default's 0.05.
+    result = verify(m, margin=0.25)
+    own = check(result, "self_retrieval")
+    baseline = own.evidence["baseline"]
+    assert own.value < 0.5 and baseline["original_rate"] < 0.5, own.summary  # about 10 of 40 for both
+    assert baseline["used"] == "original column embedding"
+    assert "ollama:nomic-embed-text query vectors" in baseline["queries_from"]
+    assert own.passed and check(result, "fidelity").passed, own.summary
+    assert own.threshold == f">= 0.9 or >= original {baseline['original_rate']:.3f} - 0.25"
+    assert "a corpus hard for both models" in own.summary
+    # With no margin the new vectors must do at least as well as the original on the same rows.
+    tight = check(verify(m, margin=0.0), "self_retrieval")
+    assert tight.passed == (baseline["new_rate_compared"] >= baseline["original_rate"])
+    # Without the source model there is no baseline: the absolute gate judges, and says so.
+    alone = check(verify(m, margin=0.25, no_source=True), "self_retrieval")
+    assert not alone.passed and "no baseline (no query vectors from the source model" in alone.summary
+
+
+def test_self_retrieval_baseline_never_excuses_vectors_on_the_wrong_rows(conn, run_cli) -> None:  # type: ignore[no-untyped-def]
+    m = migrated(conn, run_cli, SHORT_ROWS, text=shared_start_text, title=False)
+    # Each row gets its neighbour's vector, mostly from its own group: its group's query finds
+    # it about as often as before, so only fidelity tells these vectors are not the rows' own.
+    conn.execute(sql.SQL(SHUFFLE_TO_NEXT_ROW).format(c=sql.Identifier(m.plan.shadow_column)))
+    result = verify(m, margin=0.25)
+    own = check(result, "self_retrieval")
+    assert not check(result, "fidelity").passed
+    assert not own.passed and own.threshold == 0.9
+    assert "is not used: fidelity did not pass" in own.summary
+    assert "original_rate" in own.evidence["baseline"]

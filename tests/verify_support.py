@@ -52,6 +52,19 @@ def short_text(i: int) -> str:
     return " ".join(sorted({rng.choice(vocabulary) for _ in range(rng.choice((2, 3)))}))
 
 
+SHARED_START_GROUP = 40
+
+
+def shared_start_text(i: int) -> str:
+    """Rows in groups of 40 whose texts share their first 100 words (longer than the query verify
+    makes from a row's beginning) and differ in ten words after: each row's own query is its whole
+    group's, which finds ten of the forty, under any model."""
+    vocabulary = _short_vocabulary()
+    start = random.Random(f"group {i // SHARED_START_GROUP}")
+    own = random.Random(f"row {i}")
+    return " ".join([start.choice(vocabulary) for _ in range(100)] + [own.choice(vocabulary) for _ in range(10)])
+
+
 @lru_cache(maxsize=None)
 def old_vector(text: str) -> np.ndarray:
     return expected_vector(SOURCE, text, task_type="RETRIEVAL_DOCUMENT", dimensions=DIMS)

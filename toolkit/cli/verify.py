@@ -53,9 +53,10 @@ UNIT = click.FloatRange(0, 1)
 @click.option("--min-fidelity", type=UNIT, default=_D.min_fidelity, show_default=True,
               help="fidelity: fraction of sampled rows that must match.")
 @click.option("--min-self-retrieval", type=UNIT, default=_D.min_self_retrieval, show_default=True,
-              help="self_retrieval: fraction of sampled rows their own text must find in the new top-k.")
+              help="self_retrieval: fraction of sampled rows their own text must find in the new top-k "
+                   "(or, once fidelity passed, the original column's own rate minus --margin).")
 @click.option("--margin", type=UNIT, default=_D.margin, show_default=True,
-              help="agreement: how far the new model's recall@k and MRR may trail the old model's.")
+              help="agreement and self_retrieval: how far the new model may trail the old one.")
 @click.option("--min-overlap", type=UNIT, default=_D.min_overlap, show_default=True,
               help="agreement: least mean overlap@k of old and new top-k (0: report only).")
 @provider_options
@@ -79,7 +80,8 @@ def verify(plan: str, queries_file: Path | None, sample: int, k: int, no_source:
       ann_recall      recall@k of the index scan against an exact scan, and the original
                       index's on the same queries and settings (the baseline)
       fidelity        sampled rows re-embedded now match their stored vectors
-      self_retrieval  a query made from a sampled row's text finds that row
+      self_retrieval  a query made from a sampled row's text finds that row, or does no worse
+                      than the source model on the original column (once fidelity passed)
       agreement       old model vs new model top-k: overlap@k; recall@k and MRR side by side
 
     The verdict is stored; cutover requires a passing verification of the current state.

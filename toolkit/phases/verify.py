@@ -200,8 +200,10 @@ def run_verify(db: Database, conn: psycopg.Connection, plan: Plan, record: PlanR
         run(sampled("ann_recall", options.min_recall,
                     lambda: index_checks.ann_recall(conn, subject, options, sample, query_vectors, source_vectors)))
         run(sampled("fidelity", options.min_fidelity, lambda: model_checks.fidelity(subject, options, sample, target)))
+        fidelity_passed = checks[-1].passed
         run(sampled("self_retrieval", options.min_self_retrieval,
-                    lambda: model_checks.self_retrieval(conn, subject, options, sample, target)))
+                    lambda: model_checks.self_retrieval(conn, subject, options, sample, target, query_vectors,
+                                                        source_vectors, fidelity_passed)))
         run(sampled("agreement", f">= -{options.margin:g}",
                     lambda: agreement_check.agreement(conn, subject, options, sample, target, source)))
     finally:
