@@ -104,3 +104,18 @@ def test_rollback_fill_gives_rows_without_an_old_vector_one_from_the_source(conn
     assert all(np.array_equal(before[k], after[k]) for k in before)  # rows that had one: untouched
     # The new-model column is still exact.
     assert [m for m in mismatches(conn, shadow_column(conn, name)) if not m.startswith("10:")] == []
+
+
+def test_run_embeds_in_a_process_of_its_own_unless_asked_not_to(conn, run_cli, gemini) -> None:  # type: ignore[no-untyped-def]
+    create_docs(conn, 600, index=None)
+    name = make_plan(run_cli)
+    first = json.loads(run_cli("run", name, "--json", "--no-progress").stdout)
+    assert first["rows_written"] == 600 and mismatches(conn, shadow_column(conn, name)) == []
+    # The provider client's process counts in the run's memory figure.
+    assert first["embedder_peak_rss_mb"] > 0 and first["peak_rss_mb"] > first["embedder_peak_rss_mb"]
+    again = json.loads(run_cli("run", name, "--json", "--no-progress").stdout)
+    assert again["rows_written"] == 0 and again["embedder_peak_rss_mb"] == 0  # nothing to embed: none started
+    conn.execute("UPDATE docs SET content = 'changed text ' || id WHERE id < 100")
+    here = json.loads(run_cli("run", name, "--json", "--no-progress", "--embed-here").stdout)
+    assert here["rows_written"] == 100 and here["embedder_peak_rss_mb"] == 0
+    assert mismatches(conn, shadow_column(conn, name)) == []

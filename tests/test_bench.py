@@ -19,6 +19,8 @@ def test_bench_reports_every_figure(run_cli, conn) -> None:  # type: ignore[no-u
         slowest = min(floor["database_floor_rows_per_second"], floor["provider_floor_rows_per_second"])
         assert slowest > 0 and floor["end_to_end_rows_per_second"] > 0
         assert floor["ratio"] == round(floor["end_to_end_rows_per_second"] / slowest, 3)
+        # Beside it, the same run with the provider client in the run's own process.
+        assert floor["embed_here_ratio"] == round(floor["embed_here_rows_per_second"] / slowest, 3) > 0
         assert floor["slower_floor"] in ("database", "provider")
         # The embedded server runs here: its CPU is read from /proc.
         assert floor["end_to_end_server_cpu_ms_per_row"] > 0 and floor["database_floor_server_cpu_ms_per_row"] > 0
@@ -48,6 +50,7 @@ def test_bench_reports_every_figure(run_cli, conn) -> None:  # type: ignore[no-u
     text = render(BenchResult(rows=400, dims=768, hnsw_m=16, swaps=[figure], floors=floors))
     assert "(e) lock held by the swap" in text and f"cutover median {figure.medians[0]:.1f} ms" in text
     assert f"ratio {floors[0].ratio:.2f} of the {floors[0].slower_floor} floor" in text
+    assert f"ratio {floors[0].embed_here_ratio:.2f} (the provider client in the run's process)" in text
     # The scratch databases are gone.
     names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'reembed_bench_%'")]
     assert names == []

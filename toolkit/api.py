@@ -76,14 +76,15 @@ def plan(table: str, *, column: str, text: Sequence[str], title: str | None = No
 
 def run(plan: str, *, batch_size: int = DEFAULT_BATCH_SIZE, concurrency: int = DEFAULT_CONCURRENCY, workers: int = 1,
         rpm: int | None = None, tpm: int | None = None, max_rows_per_second: float | None = None,
-        lease_seconds: float = DEFAULT_LEASE_SECONDS, rollback_fill: bool = False,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS, rollback_fill: bool = False, embed_process: bool = True,
         dsn: str | None = None) -> RunSummary:
     """`reembed run`: prepare when needed, then embed until no row is pending (no progress bar)."""
     from toolkit.phases.backfill import rollback_fill as fill_old
     from toolkit.phases.backfill import run as run_backfill
 
     options = RunOptions(batch_size=batch_size, concurrency=concurrency, workers=workers, rpm=rpm, tpm=tpm,
-                         max_rows_per_second=max_rows_per_second, lease_seconds=lease_seconds, progress=False)
+                         max_rows_per_second=max_rows_per_second, lease_seconds=lease_seconds, progress=False,
+                         embed_process=embed_process)
     with _connected(dsn) as (db, _conn):
         return fill_old(db, plan, options) if rollback_fill else run_backfill(db, plan, options)
 

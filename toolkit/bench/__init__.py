@@ -5,7 +5,8 @@ against the local Gemini emulator (real google-genai client, real HTTP, real Pos
     an HNSW index, beside its two floors measured in the same bench on the same table
     (`bench.floors`): the same database writes with nothing else running, and the same
     provider calls through the same client with nothing else running; the ratio to the slower
-    floor says how much the two get in each other's way. With the server's CPU per row.
+    floor says how much the two get in each other's way. With the server's CPU per row, and the
+    same run with its provider client in the run's own process (`--embed-here`) beside it.
 (b) for the column strategy, the write order: the same table written in primary-key order
     (every update pays an HNSW insert) and a table with no index at all, with the HOT share
     of each (pg_stat_user_tables).
@@ -71,6 +72,9 @@ class FloorFigure:
     ratio: float  # end to end / the slower floor
     end_to_end_server_cpu_ms_per_row: float | None
     database_floor_server_cpu_ms_per_row: float | None
+    # The same run with --embed-here: the provider client in the run's process, sharing its GIL.
+    embed_here_rows_per_second: float = 0.0
+    embed_here_ratio: float = 0.0
 
 
 @dataclass
@@ -297,6 +301,10 @@ def bench(db: Database, options: BenchOptions, say: Callable[[str], None] = lamb
                 say(f"(e) {strategy} strategy: reembed index, then {options.swap_rounds} x reembed cutover + rollback")
                 result.swaps.append(scratch.swaps(e2e_db, conn, plan, strategy))
             conn.close()
+            here_db, conn, plan = scratch.case(hnsw, f"{strategy}_here", strategy)
+            here = scratch.run(here_db, conn, plan, label.replace("reembed run", "reembed run --embed-here"), strategy,
+                               options.rows, "--embed-here")
+            conn.close()
             floor_db, conn, plan = scratch.case(hnsw, f"{strategy}_floor", strategy)
             database, database_cpu = scratch.floor("database", floor_db, plan)
             conn.close()
@@ -307,8 +315,11 @@ def bench(db: Database, options: BenchOptions, say: Callable[[str], None] = lamb
                                  provider_floor_rows_per_second=provider["rows_per_second"], slower_floor=slower,
                                  ratio=round(e2e.rows_per_second / slowest, 3) if slowest else 0.0,
                                  end_to_end_server_cpu_ms_per_row=e2e.server_cpu_ms_per_row,
-                                 database_floor_server_cpu_ms_per_row=database_cpu)
-            say(f"    ratio {figure.ratio:.2f} of the slower ({slower}) floor")
+                                 database_floor_server_cpu_ms_per_row=database_cpu,
+                                 embed_here_rows_per_second=here.rows_per_second,
+                                 embed_here_ratio=round(here.rows_per_second / slowest, 3) if slowest else 0.0)
+            say(f"    ratio {figure.ratio:.2f} of the slower ({slower}) floor; {figure.embed_here_ratio:.2f} with "
+                "--embed-here")
             result.floors.append(figure)
 
         if "column" in options.strategies:
@@ -384,6 +395,8 @@ def render(result: BenchResult) -> str:
                      f" | ratio {f.ratio:.2f} of the {f.slower_floor} floor | server CPU "
                      f"{cpu(f.end_to_end_server_cpu_ms_per_row)} ms/row end to end, "
                      f"{cpu(f.database_floor_server_cpu_ms_per_row)} on the database floor")
+        lines.append(f"  {'':<7} --embed-here {f.embed_here_rows_per_second:>5.0f} rows/s | ratio "
+                     f"{f.embed_here_ratio:.2f} (the provider client in the run's process)")
     lines += ["", "(b) write speed (runs)"]
     for w in result.write:
         lines.append(f"  {w.label:<66} {w.rows:>7} rows {w.rows_per_second:>7.0f} rows/s end to end, "

@@ -7,9 +7,10 @@
     batch size and requests in flight, the same vector checks) over the table's texts, read
     before the clock starts, with no database write: what the provider path can give.
 
-End to end, `reembed run` does both at once in one process; its rows/s over the slower floor
-says how much the two get in each other's way (round trips waiting for the GIL behind the
-embedding threads, the three processes sharing the machine's cores).
+End to end, `reembed run` does both at once, its provider client in a process of its own (the
+default; `--embed-here` keeps it in the run's process, where round trips wait for the GIL behind
+the embedding threads); its rows/s over the slower floor says how much the two get in each
+other's way, the processes sharing the machine's cores.
 
 Each floor runs as its own process (`python -m toolkit.bench.floors database|provider PLAN`),
 the way `reembed run` is started, and prints one JSON object.
@@ -102,7 +103,9 @@ def provider_floor(db: Database, plan_name: str, options: RunOptions) -> dict[st
 
 def main(argv: list[str]) -> None:
     kind, plan_name, batch_size, concurrency = argv[0], argv[1], int(argv[2]), int(argv[3])
-    options = RunOptions(batch_size=batch_size, concurrency=concurrency, progress=False)
+    # The provider floor is the client in this process with nothing else running: the strongest
+    # floor, with no pipe between the client and its caller.
+    options = RunOptions(batch_size=batch_size, concurrency=concurrency, progress=False, embed_process=False)
     floor = {"database": database_floor, "provider": provider_floor}[kind]
     print(json.dumps(floor(Database.from_flag(None), plan_name, options)))
 

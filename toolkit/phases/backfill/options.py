@@ -30,6 +30,11 @@ class RunOptions:
     # Keep embedding the application's changes as they come, until cleanup (or abandon, rollback,
     # SIGINT/SIGTERM), instead of ending when nothing is pending.
     follow: bool = False
+    # The provider client in a process of its own (toolkit.providers.process), so its Python and
+    # the writer's round trips do not take turns on one GIL: `reembed run`'s default. Off for the
+    # short runs other phases start (cutover's catch-up), and never in a daemonic process (each
+    # `--workers` child is a process of its own already).
+    embed_process: bool = False
 
     def validate(self) -> None:
         if not 1 <= self.batch_size <= 10_000:
@@ -77,6 +82,7 @@ class Counters:
     loop_seconds: float = 0.0  # claim-embed-write loop, without start-up (imports, prepare)
     replica_pauses: int = 0  # times writing stopped for a standby behind --max-replica-lag
     replica_paused_seconds: float = 0.0
+    embedder_peak_rss_mb: float = 0.0  # the provider client's process (--embed-process), beside this one's
 
     def add(self, other: "Counters") -> None:
         for name, value in asdict(other).items():
@@ -103,7 +109,7 @@ class RunSummary:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "phase": self.phase, "column": self.column, "seconds": round(self.seconds, 3),
                 "rows_per_second": round(self.rows_per_second, 1), "workers": self.workers,
-                "peak_rss_mb": self.peak_rss_mb,
+                "peak_rss_mb": round(self.peak_rss_mb + self.counters.embedder_peak_rss_mb, 1),
                 "rollback_fill": self.rollback_fill, "followed_until": self.followed_until,
                 **asdict(self.counters), **self.progress.to_json()}
 

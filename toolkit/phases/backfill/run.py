@@ -162,6 +162,7 @@ def _run_here(db: Database, plan: Plan, record: PlanRecord, options: RunOptions,
     finally:
         bar.close()
         embedder.close()
+    counters.embedder_peak_rss_mb = getattr(embedder, "child_peak_rss_mb", 0.0)
     counters.provider_retries = max(counters.provider_retries, totals.provider_retries)
     followed_until = (worker.ended_by or "signal") if options.follow else None
     return counters, followed_until

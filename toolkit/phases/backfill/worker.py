@@ -10,6 +10,7 @@ strategy's answer (`BatchWriter` asks it); everything here is the same for every
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import threading
 import time
@@ -53,6 +54,11 @@ def make_target_embedder(plan: Plan, options: RunOptions) -> Embedder:
 
     settings = ProviderSettings.from_env(rpm=options.rpm, tpm=options.tpm, rpd=options.rpd,
                                          concurrency=options.concurrency)
+    # A daemonic process (a `--workers` child, a task runner's pool worker) may not start one.
+    if options.embed_process and not multiprocessing.current_process().daemon:
+        from toolkit.providers.process import ProcessEmbedder
+
+        return ProcessEmbedder(plan.target_ref, plan.dimensions, settings)
     return make_embedder(plan.target_ref, plan.dimensions, settings)
 
 
