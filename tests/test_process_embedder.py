@@ -78,6 +78,8 @@ def test_concurrent_calls_each_get_their_own_answer(remote, provider_settings, g
         assert gemini_emulator.stats.embed_requests == 2 * len(batches)
     finally:
         here.close()
+    remote.close()
+    assert remote._process.exitcode == 0  # it left when told to, rather than being killed after a wait
 
 
 def test_a_providers_failure_arrives_as_the_same_exception(remote, gemini_emulator) -> None:  # type: ignore[no-untyped-def]
@@ -163,3 +165,20 @@ def test_the_child_ignores_a_terminals_signals_and_ends_with_its_parent(provider
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_where_no_child_can_start_the_client_runs_here(provider_env) -> None:  # type: ignore[no-untyped-def]
+    # A main module read from standard input cannot be re-imported by a spawned child.
+    script = textwrap.dedent("""
+        from toolkit.providers.base import ModelRef
+        from toolkit.providers.process import ProcessEmbedder
+        from toolkit.providers.settings import ProviderSettings
+        e = ProcessEmbedder(ModelRef.parse("gemini:gemini-embedding-001"), 768, ProviderSettings.from_env())
+        print(len(e.embed_documents(["one", "two"]).index), len(e.embed_queries(["three"]).index), e._process)
+        e.close()
+    """)
+    done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300,
+                          env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "1", "None"]
+    assert "embedding in this process instead" in done.stderr

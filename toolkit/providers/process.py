@@ -12,7 +12,9 @@ The child lives as long as the pipe: it ignores SIGINT and SIGTERM (the parent d
 run stops, and still collects the answers in flight while it does), and it exits as soon as the
 parent closes the pipe or dies, `kill -9` included. A child that dies fails every call waiting on
 it with ProviderUnreachable; nothing is written for those rows and their leases are released, as
-after any provider failure.
+after any provider failure. Where Python cannot start a child at all (a main module read from
+standard input), the client runs in this process instead, with a warning: the same answers, at
+the in-process speed.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class ProcessEmbedder:
         self._process: Any = None
         self._pipe: Connection | None = None
         self._start_lock = threading.Lock()
+        self._reap_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._calls: dict[int, Future[EmbedBatch]] = {}
         self._calls_lock = threading.Lock()
@@ -57,10 +60,14 @@ class ProcessEmbedder:
         self._closed = False
         self._ended: str | None = None  # how the child ended, for the calls after
         self._start_error: BaseException | None = None
+        self._here: Any = None  # the in-process embedder, when no child could be started
         self.child_peak_rss_mb = 0.0  # read at close: what the run's memory figure must count too
 
-    def _started(self) -> Connection:
+    def _started(self) -> Connection | None:
+        """The pipe to the child, started on the first call; None when embedding here instead."""
         with self._start_lock:
+            if self._here is not None:
+                return None
             if self._pipe is not None:
                 return self._pipe
             if self._start_error is not None:
@@ -76,11 +83,14 @@ class ProcessEmbedder:
             child_end.close()
             try:
                 if not pipe.poll(START_TIMEOUT_SECONDS):
-                    raise ProviderUnreachable(f"the embedding process did not start within "
-                                              f"{START_TIMEOUT_SECONDS:.0f} s")
+                    self._stop(pipe)
+                    return self._embed_here(f"the embedding process did not start within "
+                                            f"{START_TIMEOUT_SECONDS:.0f} s")
                 kind, payload = pipe.recv()
             except (EOFError, OSError):
-                kind, payload = "error", ProviderUnreachable(self._died("while starting"))
+                # Python could not start it (a main module read from stdin, say): same answers here.
+                self._stop(pipe)
+                return self._embed_here(self._died("while starting"))
             except BaseException:
                 self._stop(pipe)
                 raise
@@ -102,14 +112,29 @@ class ProcessEmbedder:
     def close(self) -> None:
         with self._start_lock:
             self._closed = True
+            if self._here is not None:
+                self._here.close()
             if self._process is None:
                 return
             self.child_peak_rss_mb = _peak_rss_mb(self._process.pid) or self.child_peak_rss_mb
             if self._pipe is not None:
                 self._stop(self._pipe)
 
+    def _embed_here(self, why: str) -> None:
+        from toolkit.providers import make_embedder
+
+        log.warning("%s: embedding in this process instead", why)
+        self._process = None
+        try:
+            self._here = make_embedder(self.ref, self.dimensions, self._settings)
+        except BaseException as exc:
+            self._start_error = exc
+            raise
+
     def _call(self, method: str, *args: Any) -> EmbedBatch:
         pipe = self._started()
+        if pipe is None:
+            return getattr(self._here, method)(*args)  # type: ignore[no-any-return]
         future: Future[EmbedBatch] = Future()
         with self._calls_lock:
             if self._closed:
@@ -140,6 +165,8 @@ class ProcessEmbedder:
                 future.set_result(payload)
             else:
                 future.set_exception(_as_exception(payload))
+        if self._closed:  # the end close() asked for
+            return
         ended = self._died("with a call in flight" if self._calls else "between calls")
         with self._calls_lock:
             left = list(self._calls.values())
@@ -150,19 +177,28 @@ class ProcessEmbedder:
             future.set_exception(ProviderUnreachable(ended))
 
     def _died(self, when: str) -> str:
-        self._process.join(timeout=1.0)
-        code = self._process.exitcode
+        with self._reap_lock:  # one thread at a time waits for the child: two would race to reap it
+            self._process.join(timeout=1.0)
+            code = self._process.exitcode
         return f"the embedding process ended {when} (exit code {code if code is not None else 'unknown'})"
 
     def _stop(self, pipe: Connection) -> None:
+        # Said, not just closed: closing a socket that the answer reader is blocked on does not
+        # end the read, so the child would never see the end of the pipe.
         try:
-            pipe.close()  # the child's recv ends: it exits at once
+            with self._send_lock:
+                pipe.send(None)
+        except (OSError, ValueError):
+            pass
+        with self._reap_lock:
+            self._process.join(timeout=10.0)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(timeout=10.0)
+        try:
+            pipe.close()
         except OSError:
             pass
-        self._process.join(timeout=10.0)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join(timeout=10.0)
 
 
 def serve(pipe: Connection, ref: str, dimensions: int, settings: ProviderSettings, verbosity: int) -> None:
@@ -196,12 +232,14 @@ def serve(pipe: Connection, ref: str, dimensions: int, settings: ProviderSetting
 
     while True:
         try:
-            call_id, method, args = pipe.recv()
+            message = pipe.recv()
         except (EOFError, OSError):
             break
-        if method not in ("embed_documents", "embed_queries"):
-            continue
-        pool.submit(answer, call_id, method, args)
+        if message is None:  # the parent's close
+            break
+        call_id, method, args = message
+        if method in ("embed_documents", "embed_queries"):
+            pool.submit(answer, call_id, method, args)
     # The parent closed the pipe or died: nobody waits for the calls in flight.
     os._exit(0)
 
