@@ -2,8 +2,9 @@
 
 In one process the provider path's Python (the SDK building requests and parsing each answer's
 JSON, the vector checks) and the writer's round trips take turns on one GIL: a write waits for
-an embedding thread to let go of it, and end to end a run reached about 0.55 of the slower of its
-two floors (README, "Writes beside their floors"). Here the real embedder (`make_embedder`, with
+an embedding thread to let go of it (README, "Writes beside their floors": with the client here,
+a copy run went from 0.59-0.68 of the slower floor to 0.89-0.93 while the machine was slow, and
+stayed where it was once the machine ran faster). Here the real embedder (`make_embedder`, with
 the same settings and rate limiter) runs in a child process, up to `concurrency` calls at a time
 on its threads; the parent's threads block on their call exactly as they would on the client,
 and an answer crosses the pipe as one pickled `EmbedBatch` (a numpy array, copied once).
