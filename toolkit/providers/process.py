@@ -32,6 +32,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Sequence
 
 from toolkit.errors import ProviderError, ProviderUnreachable, ReembedError
+from toolkit.memory import peak_rss_mb
 from toolkit.providers.base import EmbedBatch, ModelRef, ProviderLimits
 from toolkit.providers.settings import ProviderSettings
 
@@ -117,7 +118,7 @@ class ProcessEmbedder:
                 self._here.close()
             if self._process is None:
                 return
-            self.child_peak_rss_mb = _peak_rss_mb(self._process.pid) or self.child_peak_rss_mb
+            self.child_peak_rss_mb = peak_rss_mb(self._process.pid) or self.child_peak_rss_mb
             if self._pipe is not None:
                 self._stop(self._pipe)
 
@@ -256,18 +257,6 @@ def _portable(exc: BaseException) -> BaseException:
 
 def _as_exception(payload: Any) -> BaseException:
     return payload if isinstance(payload, BaseException) else ReembedError(str(payload))
-
-
-def _peak_rss_mb(pid: int | None) -> float:
-    """A live process's peak resident memory (VmHWM), 0.0 when it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except (OSError, ValueError):
-        pass
-    return 0.0
 
 
 def _verbosity() -> int:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from toolkit.errors import BadInput
+from toolkit.memory import peak_rss_mb
 from toolkit.phases import ledger
 
 DEFAULT_BATCH_SIZE = 100  # Gemini's per-request limit
@@ -114,19 +115,6 @@ class RunSummary:
                 **asdict(self.counters), **self.progress.to_json()}
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. VmHWM on Linux: unlike ru_maxrss it does not count
-    what the parent had before exec."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 class Throttle:
