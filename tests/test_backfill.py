@@ -113,9 +113,14 @@ def test_run_embeds_in_a_process_of_its_own_unless_asked_not_to(conn, run_cli, g
     assert first["rows_written"] == 600 and mismatches(conn, shadow_column(conn, name)) == []
     # The provider client's process counts in the run's memory figure.
     assert first["embedder_peak_rss_mb"] > 0 and first["peak_rss_mb"] > first["embedder_peak_rss_mb"]
+    # Its start-up is waited for before the loop, and counted apart from it, as an in-process
+    # client's construction is.
+    assert first["embedder_start_seconds"] > 0
+    assert first["seconds"] >= first["embedder_start_seconds"] + first["loop_seconds"]
     again = json.loads(run_cli("run", name, "--json", "--no-progress").stdout)
     assert again["rows_written"] == 0 and again["embedder_peak_rss_mb"] == 0  # nothing to embed: none started
+    assert again["embedder_start_seconds"] == 0
     conn.execute("UPDATE docs SET content = 'changed text ' || id WHERE id < 100")
     here = json.loads(run_cli("run", name, "--json", "--no-progress", "--embed-here").stdout)
-    assert here["rows_written"] == 100 and here["embedder_peak_rss_mb"] == 0
+    assert here["rows_written"] == 100 and here["embedder_peak_rss_mb"] == 0 and here["embedder_start_seconds"] == 0
     assert mismatches(conn, shadow_column(conn, name)) == []

@@ -120,6 +120,42 @@ def test_nothing_to_embed_starts_no_process_and_a_refusal_in_the_child_reaches_t
         keyless.close()
 
 
+def test_start_begins_the_child_without_waiting_and_ready_waits_for_it(provider_env, gemini_emulator) -> None:  # type: ignore[no-untyped-def]
+    embedder = ProcessEmbedder(G1, 768, ProviderSettings.from_env())
+    try:
+        embedder.start()
+        child = embedder._process.pid
+        assert embedder._pipe is None  # not waited for: the caller goes on with its setup
+        embedder.start()  # once begun, a no-op
+        assert embedder._process.pid == child
+        assert embedder.ready() > 0 and embedder._pipe is not None
+        assert embedder.ready() == 0.0  # ready already
+        assert len(embedder.embed_documents(TEXTS[:5]).index) == 5 and embedder._process.pid == child
+    finally:
+        embedder.close()
+    # Closed while the child was still starting: it ends all the same.
+    abandoned = ProcessEmbedder(G1, 768, ProviderSettings.from_env())
+    abandoned.start()
+    child = abandoned._process.pid
+    abandoned.close()
+    assert _gone(child), "a child closed while starting outlived the close"
+    with pytest.raises(ProviderUnreachable, match="closed"):
+        abandoned.embed_documents(TEXTS[:1])
+
+
+def test_a_refusal_while_starting_reaches_ready(provider_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("GOOGLE_API_KEY")
+    keyless = ProcessEmbedder(G1, 768, ProviderSettings.from_env())
+    try:
+        keyless.start()
+        with pytest.raises(BadInput, match="no Gemini API key: set GOOGLE_API_KEY"):
+            keyless.ready()
+        with pytest.raises(BadInput, match="no Gemini API key"):
+            keyless.embed_documents(TEXTS[:1])
+    finally:
+        keyless.close()
+
+
 def test_a_child_killed_fails_the_calls_instead_of_hanging(remote, gemini_emulator) -> None:  # type: ignore[no-untyped-def]
     gemini_emulator.configure(latency=30.0)
     with ThreadPoolExecutor(max_workers=1) as pool:

@@ -55,6 +55,9 @@ class FreeEmbedder:
     def embed_queries(self, texts: Sequence[str]) -> EmbedBatch:
         return self.embed_documents(texts)
 
+    def ready(self) -> float:
+        return 0.0
+
     def close(self) -> None:
         pass
 

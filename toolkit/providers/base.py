@@ -70,6 +70,10 @@ class Embedder(Protocol):
         """Embed queries (Gemini: RETRIEVAL_QUERY; Ollama: query prefix)."""
         ...
 
+    def ready(self) -> float:
+        """Wait until calls can be taken; the seconds waited (0 for a client built in this process)."""
+        ...
+
     def close(self) -> None: ...
 
 

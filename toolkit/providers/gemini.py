@@ -94,6 +94,9 @@ class GeminiEmbedder:
     def embed_queries(self, texts: Sequence[str]) -> EmbedBatch:
         return self._embed(texts, RETRIEVAL_QUERY, None)
 
+    def ready(self) -> float:
+        return 0.0  # built ready
+
     def close(self) -> None:
         """Nothing to release: the SDK client is shared by every embedder of this process."""
 

@@ -65,6 +65,9 @@ class OllamaEmbedder:
     def embed_queries(self, texts: Sequence[str]) -> EmbedBatch:
         return self._embed(texts, self.query_prefix)
 
+    def ready(self) -> float:
+        return 0.0  # built ready
+
     def close(self) -> None:
         self._client._client.close()  # the ollama Client exposes no close(); its httpx client does
 

@@ -26,6 +26,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import count
 from multiprocessing.connection import Connection
@@ -42,8 +43,8 @@ START_TIMEOUT_SECONDS = 120.0  # a spawned interpreter importing the SDK, on a l
 
 
 class ProcessEmbedder:
-    """The Embedder protocol, answered by the real embedder in a child process, started at the
-    first call (a run with nothing to embed starts none)."""
+    """The Embedder protocol, answered by the real embedder in a child process, started by
+    `start()` or else at the first call (a run with nothing to embed starts none)."""
 
     def __init__(self, ref: ModelRef, dimensions: int, settings: ProviderSettings) -> None:
         from toolkit.providers.models import model_info
@@ -52,7 +53,9 @@ class ProcessEmbedder:
         self.limits: ProviderLimits = model_info(ref).limits  # BadInput here, for a model nobody serves
         self._settings = settings
         self._process: Any = None
-        self._pipe: Connection | None = None
+        self._pipe: Connection | None = None  # once the child said it is ready
+        self._starting: Connection | None = None  # from the start until then
+        self._spawned_at = 0.0
         self._start_lock = threading.Lock()
         self._reap_lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -65,8 +68,39 @@ class ProcessEmbedder:
         self._here: Any = None  # the in-process embedder, when no child could be started
         self.child_peak_rss_mb = 0.0  # read at close: what the run's memory figure must count too
 
+    def start(self) -> None:
+        """Begin starting the child, without waiting for it: its interpreter imports the SDK while
+        the caller gets on with its own setup. A no-op once begun."""
+        with self._start_lock:
+            self._spawn()
+
+    def ready(self) -> float:
+        """Wait for a child that `start()` began to be able to take calls; the seconds waited. Starts
+        nothing: without `start()` the child starts at the first call (a run with nothing to
+        embed starts none)."""
+        with self._start_lock:
+            begun = self._process is not None and self._pipe is None and self._here is None
+        if not begun:
+            return 0.0
+        waited = time.monotonic()
+        self._started()
+        return time.monotonic() - waited
+
+    def _spawn(self) -> None:
+        """Start the child process (the caller holds the start lock); its "ready" is read later."""
+        if self._process is not None or self._here is not None or self._start_error is not None or self._closed:
+            return
+        context = multiprocessing.get_context("spawn")  # no inherited threads, locks or connections
+        pipe, child_end = context.Pipe(duplex=True)
+        self._process = context.Process(target=serve, name="reembed-embedder", daemon=False,
+                                        args=(child_end, str(self.ref), self.dimensions, self._settings,
+                                              _verbosity()))
+        self._process.start()
+        child_end.close()
+        self._starting, self._spawned_at = pipe, time.monotonic()
+
     def _started(self) -> Connection | None:
-        """The pipe to the child, started on the first call; None when embedding here instead."""
+        """The pipe to the child, started on the first call if not before; None when embedding here instead."""
         with self._start_lock:
             if self._here is not None:
                 return None
@@ -76,15 +110,12 @@ class ProcessEmbedder:
                 raise self._start_error  # every call hears why, as a client that failed to build
             if self._closed:
                 raise ProviderUnreachable("the embedding process is closed")
-            context = multiprocessing.get_context("spawn")  # no inherited threads, locks or connections
-            pipe, child_end = context.Pipe(duplex=True)
-            self._process = context.Process(target=serve, name="reembed-embedder", daemon=False,
-                                            args=(child_end, str(self.ref), self.dimensions, self._settings,
-                                                  _verbosity()))
-            self._process.start()
-            child_end.close()
+            self._spawn()
+            pipe = self._starting
+            assert pipe is not None
             try:
-                if not pipe.poll(START_TIMEOUT_SECONDS):
+                left = START_TIMEOUT_SECONDS - (time.monotonic() - self._spawned_at)
+                if not pipe.poll(max(0.0, left)):
                     self._stop(pipe)
                     return self._embed_here(f"the embedding process did not start within "
                                             f"{START_TIMEOUT_SECONDS:.0f} s")
@@ -119,8 +150,8 @@ class ProcessEmbedder:
             if self._process is None:
                 return
             self.child_peak_rss_mb = peak_rss_mb(self._process.pid) or self.child_peak_rss_mb
-            if self._pipe is not None:
-                self._stop(self._pipe)
+            if self._pipe is not None or self._starting is not None:
+                self._stop(self._pipe or self._starting)  # type: ignore[arg-type]
 
     def _embed_here(self, why: str) -> None:
         from toolkit.providers import make_embedder

@@ -80,7 +80,8 @@ class Counters:
     batches: int = 0
     malformed: int = 0  # provider answers refused (never written), their rows asked for again
     write_seconds: float = 0.0  # time inside write transactions (the database's share)
-    loop_seconds: float = 0.0  # claim-embed-write loop, without start-up (imports, prepare)
+    loop_seconds: float = 0.0  # claim-embed-write loop, without start-up (imports, prepare, embedder_start)
+    embedder_start_seconds: float = 0.0  # waited for the embedding process to be ready, before the loop
     replica_pauses: int = 0  # times writing stopped for a standby behind --max-replica-lag
     replica_paused_seconds: float = 0.0
     embedder_peak_rss_mb: float = 0.0  # the provider client's process (--embed-process), beside this one's
@@ -88,7 +89,7 @@ class Counters:
     def add(self, other: "Counters") -> None:
         for name, value in asdict(other).items():
             # Workers run side by side: their loops overlap in time, everything else adds up.
-            overlap = name in ("loop_seconds", "replica_paused_seconds")
+            overlap = name in ("loop_seconds", "replica_paused_seconds", "embedder_start_seconds")
             merged = max(getattr(self, name), value) if overlap else getattr(self, name) + value
             setattr(self, name, merged)
 

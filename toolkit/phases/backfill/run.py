@@ -136,7 +136,7 @@ def _warn_if_shadow_indexed(conn: psycopg.Connection, plan: Plan, record: PlanRe
 
 def _run_here(db: Database, plan: Plan, record: PlanRecord, options: RunOptions, before: ledger.Progress,
               stop: threading.Event) -> tuple[Counters, str | None]:
-    embedder = make_target_embedder(plan, options)
+    embedder = make_target_embedder(plan, options, start=before.rows_pending > 0)
     bar = progress_bar(before.rows_pending, options.progress)
     totals = Counters()
     lock = threading.Lock()
