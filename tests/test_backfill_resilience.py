@@ -15,6 +15,7 @@ import pytest
 
 from backfill_support import (gemini, make_plan, mismatches, reembed_subprocess, shadow_column,  # noqa: F401
                               status_json)
+from reliability_support import backend_pids
 from tables import create_docs, passage
 
 
@@ -46,8 +47,7 @@ def test_kill_9_in_the_middle_then_resume(conn, run_cli, gemini, tmp_path, rows:
             proc.kill()
     # Its backend outlives it by as long as it takes to run what it was sent (a write that
     # releases a batch's leases, say) and see the socket closed: count once it is gone.
-    _wait_for(lambda: conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'reembed' "
-                                   "AND datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0] == 0)
+    _wait_for(lambda: not backend_pids(conn))
     done_at_kill = _ledger(conn)[0]
     assert 0 < done_at_kill < rows
     held = conn.execute("SELECT count(*) FROM reembed.ledger WHERE lease_owner IS NOT NULL").fetchone()[0]
