@@ -125,10 +125,10 @@ def test_start_begins_the_child_without_waiting_and_ready_waits_for_it(provider_
     try:
         embedder.start()
         child = embedder._process.pid
-        assert embedder._pipe is None  # not waited for: the caller goes on with its setup
+        assert not embedder._ready  # not waited for: the caller goes on with its setup
         embedder.start()  # once begun, a no-op
         assert embedder._process.pid == child
-        assert embedder.ready() > 0 and embedder._pipe is not None
+        assert embedder.ready() > 0 and embedder._ready
         assert embedder.ready() == 0.0  # ready already
         assert len(embedder.embed_documents(TEXTS[:5]).index) == 5 and embedder._process.pid == child
     finally:

@@ -53,8 +53,8 @@ class ProcessEmbedder:
         self.limits: ProviderLimits = model_info(ref).limits  # BadInput here, for a model nobody serves
         self._settings = settings
         self._process: Any = None
-        self._pipe: Connection | None = None  # once the child said it is ready
-        self._starting: Connection | None = None  # from the start until then
+        self._pipe: Connection | None = None  # from the child's start
+        self._ready = False  # the child said it can take calls
         self._spawned_at = 0.0
         self._start_lock = threading.Lock()
         self._reap_lock = threading.Lock()
@@ -79,7 +79,7 @@ class ProcessEmbedder:
         nothing: without `start()` the child starts at the first call (a run with nothing to
         embed starts none)."""
         with self._start_lock:
-            begun = self._process is not None and self._pipe is None and self._here is None
+            begun = self._process is not None and not self._ready and self._here is None
         if not begun:
             return 0.0
         waited = time.monotonic()
@@ -97,21 +97,21 @@ class ProcessEmbedder:
                                               _verbosity()))
         self._process.start()
         child_end.close()
-        self._starting, self._spawned_at = pipe, time.monotonic()
+        self._pipe, self._spawned_at = pipe, time.monotonic()
 
     def _started(self) -> Connection | None:
         """The pipe to the child, started on the first call if not before; None when embedding here instead."""
         with self._start_lock:
             if self._here is not None:
                 return None
-            if self._pipe is not None:
+            if self._ready:
                 return self._pipe
             if self._start_error is not None:
                 raise self._start_error  # every call hears why, as a client that failed to build
             if self._closed:
                 raise ProviderUnreachable("the embedding process is closed")
             self._spawn()
-            pipe = self._starting
+            pipe = self._pipe
             assert pipe is not None
             try:
                 left = START_TIMEOUT_SECONDS - (time.monotonic() - self._spawned_at)
@@ -131,7 +131,7 @@ class ProcessEmbedder:
                 self._stop(pipe)
                 self._start_error = _as_exception(payload)
                 raise self._start_error
-            self._pipe = pipe
+            self._ready = True
             threading.Thread(target=self._read_answers, args=(pipe,), name="reembed-embedder-answers",
                              daemon=True).start()
             return pipe
@@ -150,8 +150,8 @@ class ProcessEmbedder:
             if self._process is None:
                 return
             self.child_peak_rss_mb = peak_rss_mb(self._process.pid) or self.child_peak_rss_mb
-            if self._pipe is not None or self._starting is not None:
-                self._stop(self._pipe or self._starting)  # type: ignore[arg-type]
+            if self._pipe is not None:
+                self._stop(self._pipe)
 
     def _embed_here(self, why: str) -> None:
         from toolkit.providers import make_embedder
