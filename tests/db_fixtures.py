@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import tempfile
 import uuid
 import warnings
@@ -47,7 +48,8 @@ def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield server.get_uri()
     finally:
-        server.cleanup()
+        server.cleanup()  # deletes pgdata, not the directory made for it
+        shutil.rmtree(data.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

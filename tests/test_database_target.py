@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,14 +64,20 @@ def second_server() -> Iterator[SecondServer]:
             admin.execute("CREATE EXTENSION vector")
         yield second
     finally:
-        server.cleanup()
+        server.cleanup()  # deletes pgdata, not the directory made for it
+        shutil.rmtree(data.parent, ignore_errors=True)
 
 
 @pytest.fixture()
-def embedded_dir() -> Path:
+def embedded_dir() -> Iterator[Path]:
     """Where the embedded server may live: outside pytest's root-only temp tree, which the server's
-    own user (pgserver, when tests run as root) cannot enter, and with a short socket path."""
-    return Path(tempfile.mkdtemp(prefix="reembed-emb-")) / "embedded"
+    own user (pgserver, when tests run as root) cannot enter, and with a short socket path. Removed
+    afterwards, with any server a failed test left running in it: each holds ~40 MB of pgdata."""
+    path = Path(tempfile.mkdtemp(prefix="reembed-emb-")) / "embedded"
+    yield path
+    if (path / "pgdata" / "postmaster.pid").exists():
+        _reembed({**os.environ, "REEMBED_DATA_DIR": str(path)}, "db", "stop")
+    shutil.rmtree(path.parent, ignore_errors=True)
 
 
 @pytest.fixture()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
     path = Path(tempfile.mkdtemp(prefix="reembed-emb-"))
     yield path
     _reembed("db", "stop", data_dir=path)
+    shutil.rmtree(path, ignore_errors=True)  # the stopped server's pgdata, ~40 MB
 
 
 def test_embedded_server_starts_on_demand_and_is_reused(data_dir: Path) -> None:

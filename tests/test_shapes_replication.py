@@ -7,6 +7,7 @@ two databases of it."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
 import time
@@ -46,7 +47,8 @@ def logical_server() -> Iterator[tuple[str, Path]]:
     try:
         yield str(host), Path(server.bin_path)
     finally:
-        server.cleanup()
+        server.cleanup()  # deletes pgdata, not the directory made for it
+        shutil.rmtree(data.parent, ignore_errors=True)
 
 
 def _dsn(host: str, db: str) -> str:
