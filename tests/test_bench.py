@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from toolkit.bench import BenchResult, FloorFigure, SwapFigure, render
+from toolkit.bench import BenchResult, FloorFigure, QuotaFigure, SwapFigure, render
 from toolkit.strategies import STRATEGIES
 
 
@@ -39,6 +39,10 @@ def test_bench_reports_every_figure(run_cli, conn) -> None:  # type: ignore[no-u
     quota = report["quota"][0]
     assert quota["quota_texts_per_minute"] == 1200 and quota["texts_per_minute"] > 0
     assert quota["rate_limited_429"] >= 0
+    # 60 texts under a 1200/min quota take seconds: the reading must not pass for a sustained rate.
+    assert quota["seconds"] < 60 and "burst inside one minute's allowance" in QuotaFigure(**quota).reading()
+    sustained = QuotaFigure(**{**quota, "seconds": 61.0, "texts_per_minute": 1150.0, "fraction_of_quota": 0.958})
+    assert sustained.reading() == "1150 texts/min = 95.8% of quota"
     assert report["memory"]["peak_rss_mb_small"] > 0
     # (e) the swap's lock time, per strategy, round and direction, printed (the figure no test may bound).
     assert [s["strategy"] for s in report["swaps"]] == list(STRATEGIES)

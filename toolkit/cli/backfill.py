@@ -155,8 +155,8 @@ def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
               help="Emulator quota in texts per minute for (b); 429 beyond it.")
 @click.option("--quota-rows", type=POSITIVE_INT, help="Rows embedded under the quota. Default: one minute's worth.")
 @click.option("--latency-ms", type=click.IntRange(min=0), default=200, show_default=True,
-              help="Emulator latency for (b).")
-@click.option("--adaptive", is_flag=True, help="Also run (b) without --rpm: the quota found from 429s alone.")
+              help="Emulator latency for (c).")
+@click.option("--adaptive", is_flag=True, help="Also run (c) without --rpm: the quota found from 429s alone.")
 @click.option("--skip-pk-order", is_flag=True, help="Skip the slow primary-key-order floor.")
 @click.option("--strategy", "strategies", multiple=True, type=click.Choice(STRATEGIES),
               help="Strategies to measure (repeat the option; default: every one).")
