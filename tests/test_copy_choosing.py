@@ -23,6 +23,7 @@ def test_a_table_with_an_updated_at_trigger_gets_copy_and_the_reason(conn, run_c
     assert "strategy: copy (recommendation)" in out
     assert "reembed took copy: the table has UPDATE triggers (docs_outbox, docs_touch)" in out
     assert "the column strategy's backfill would fire them for every row" in out
+    assert "are inserted again into docs_embedding_idx: the database's CPU per row grows with that index" in out
     # Both strategies, side by side: what the application sees, the disk, the time.
     assert "column:" in out and "copy (recommended):" in out
     assert "cached plan must not change result type" in out and "its UPDATE triggers fire for every" in out
@@ -39,6 +40,11 @@ def test_with_nothing_detected_copy_is_recommended_with_its_disk(conn, run_cli) 
     [reason] = spec["choice"]["reasons"]
     assert reason.startswith("nothing detected either way: copy is the strategy the application cannot notice")
     assert "of disk until cleanup" in reason
+    conn.execute("CREATE TABLE bare (id int PRIMARY KEY, content text, embedding vector(768))")
+    result = _plan(run_cli, "bare", "--json")
+    assert result.exit_code == 0, result.output
+    [column_view] = [v for v in json.loads(result.stdout)["spec"]["choice"]["views"] if v["name"] == "column"]
+    assert not any("inserted again" in line for line in column_view["application_sees"])  # no vector index
 
 
 def test_strategy_overrides_the_recommendation_and_a_refused_copy_points_to_column(conn, run_cli) -> None:  # type: ignore[no-untyped-def]

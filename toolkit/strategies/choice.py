@@ -170,6 +170,13 @@ def choose(conn: psycopg.Connection, plan: Any, info: TableInfo, requested: str 
                        if found.update_triggers else "the backfill UPDATEs every row (it has no UPDATE trigger)")
     if found.publications:
         column_sees.append(f"subscribers of {', '.join(found.publications)} stop with `missing replicated column`")
+    graphs = [i.original_name for i in plan.indexes if i.original_name and i.orders_by_distance]
+    if graphs:
+        # Each new row version is larger than the old, so some cannot stay HOT whatever the order; the
+        # share depends on the row's width (README, Scale: 10% on the bench's table).
+        column_sees.append(f"backfilled rows that no longer fit on their page are inserted again into "
+                           f"{', '.join(graphs)}: the database's CPU per row grows with that index "
+                           "(the copy strategy never writes it)")
     copy_sees = ["no change: the same columns in the same order, the same names, triggers, grants and policies; "
                  "its table is only read until the swap",
                  "each of its writes also writes the copy, in the same transaction, until cleanup"]
