@@ -252,6 +252,15 @@ def _columns_and_key(conn: psycopg.Connection, oid: int) -> tuple[list[Column], 
     return columns, [by_num[n] for n in pk_row["conkey"]] if pk_row else []
 
 
+def row_shape(conn: psycopg.Connection, table: sql.Composable) -> list[tuple[str, str, bool]]:
+    """(name, format_type, generated) of every column of `table` in order, as `SELECT *` returns
+    them; empty when there is no such table."""
+    return [(name, type_, generated) for name, type_, generated in conn.execute(
+        """SELECT attname, format_type(atttypid, atttypmod), attgenerated <> '' FROM pg_attribute
+           WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum""",
+        (table.as_string(conn),)).fetchall()]
+
+
 def load_shape(conn: psycopg.Connection, oid: int, schema: str, table: str) -> TableInfo:
     """Columns and primary key only (no indexes, dependents, sizes or counts): what a plan's
     fingerprint is made of, cheap enough for every command to check."""

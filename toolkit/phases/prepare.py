@@ -24,6 +24,7 @@ from typing import Callable, TypeVar
 import psycopg
 from psycopg import sql
 
+from toolkit.catalog import row_shape
 from toolkit.errors import BadInput, GateFailed
 from toolkit.phases.ddl import template
 from toolkit.phases.locking import PREPARE_LOCK
@@ -74,10 +75,10 @@ def key_record(conn: psycopg.Connection, plan: Plan) -> sql.Composable:
     """`k1 type1, k2 type2, ...`: the column definitions that type a ledger key back into the table's
     key columns (`jsonb_to_record(pk) AS k(...)`). Not `jsonb_populate_record(NULL::table, pk)`:
     that builds a whole row, and a column of a NOT NULL domain refuses the NULLs of the others."""
-    types = dict(conn.execute(
-        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass "
-        "AND attnum > 0 AND NOT attisdropped AND attname = ANY (%s)",
-        (plan.table.as_string(conn), plan.primary_key)).fetchall())
+    types = {name: type_ for name, type_, _ in row_shape(conn, plan.table)}
+    missing = [c for c in plan.primary_key if c not in types]
+    if missing:
+        raise GateFailed(f"{plan.table_display} has no column {missing[0]!r} of the planned primary key any more")
     return sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(types[c])) for c in plan.primary_key)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from toolkit.catalog import row_shape
 from toolkit.indexes import CarriedIndex, prefixed_identifier
 from toolkit.plan import Plan
 
@@ -51,10 +52,8 @@ def shape(conn: psycopg.Connection, table: sql.Identifier,
           vector_column: str | None = None) -> list[tuple[str, str, bool]]:
     """(name, type, generated) of every column in order: what `SELECT *` returns, for comparing
     the original with the copy (`vector_column`'s type left out: a plan may change its dimensions)."""
-    return [(name, "vector" if name == vector_column else type_, generated) for name, type_, generated in conn.execute(
-        """SELECT attname, format_type(atttypid, atttypmod), attgenerated <> '' FROM pg_attribute
-           WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum""",
-        (table.as_string(conn),)).fetchall()]
+    return [(name, "vector" if name == vector_column else type_, generated)
+            for name, type_, generated in row_shape(conn, table)]
 
 
 def writable(cols: list[Column], vector_column: str) -> list[str]:
